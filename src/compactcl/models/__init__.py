@@ -1,0 +1,6 @@
+from .backbones import BACKBONES, create_backbone, list_backbones, register_backbone
+from .checkpoint import load_checkpoint, save_checkpoint
+from .net import DERNet, IncrementalNet, create_model
+
+__all__ = ["BACKBONES", "create_backbone", "list_backbones", "register_backbone", "DERNet", "IncrementalNet",
+           "create_model", "load_checkpoint", "save_checkpoint"]

@@ -1,0 +1,119 @@
+"""Full-precision checkpoints: safetensors weights + a JSON spec in the header. No pickle.
+
+A pruned model keeps its spec; its smaller layer shapes are read back from the weights, so
+a structurally pruned checkpoint reloads into a plain smaller model (:func:`conform_to`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save as st_save
+from safetensors import safe_open
+from torch import nn
+
+from ..errors import CompactCLError
+from ..utils.atomic import atomic_write_bytes
+from .net import create_model
+
+__all__ = ["save_checkpoint", "load_checkpoint", "read_header", "conform_to", "tensor_digest", "FORMAT"]
+
+FORMAT = "compactcl.checkpoint/1"
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: detects silent corruption on load."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> int:
+    """Write ``model`` (spec + fp32 weights) atomically; return the file's size in bytes."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "sha256": tensor_digest(tensors)}
+    atomic_write_bytes(path, st_save(tensors, metadata={"compactcl": json.dumps(header)}))
+    return Path(path).stat().st_size
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a compactcl safetensors file (checkpoint or packed artifact)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompactCLError(f"no such file: {path}. Pass a checkpoint (.safetensors), an artifact (.ccl) or a run folder.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CompactCLError(f"{path} is not a readable safetensors file ({e}); it may be truncated or not a "
+                             "compactcl checkpoint. Re-export it, or point at the run folder's final/ files.") from e
+    if "compactcl" not in meta:
+        raise CompactCLError(f"{path} is a safetensors file without a compactcl header; "
+                             "load its tensors with safetensors and wrap the model with compactcl.from_module().")
+    try:
+        return json.loads(meta["compactcl"])
+    except json.JSONDecodeError as e:
+        raise CompactCLError(f"{path}: its compactcl header is not valid JSON ({e}); the file is corrupted.") from e
+
+
+def load_tensors_checked(path: str | os.PathLike, header: dict[str, Any]) -> dict[str, torch.Tensor]:
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
+    if header.get("sha256") and tensor_digest(tensors) != header["sha256"]:
+        raise CompactCLError(f"{path}: checksum mismatch, the weights were changed or corrupted after saving. "
+                             "Use an intact copy (a run folder keeps one per task).")
+    return tensors
+
+
+def conform_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Replace layers whose saved weights are smaller (structural pruning) with layers of that shape."""
+    for name, module in list(model.named_modules()):
+        key = f"{name}.weight" if name else "weight"
+        if key not in state:
+            continue
+        shape = tuple(state[key].shape)
+        if tuple(module.weight.shape) == shape:
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            groups = shape[0] if depthwise else module.groups
+            new: nn.Module = nn.Conv2d(shape[1] * groups, shape[0], module.kernel_size, module.stride,
+                                       module.padding, module.dilation, groups, module.bias is not None)
+        elif isinstance(module, nn.Linear):
+            new = nn.Linear(shape[1], shape[0], bias=module.bias is not None)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            new = type(module)(shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
+        else:
+            raise CompactCLError(f"saved weights for layer {name!r} have shape {shape}, which a "
+                                 f"{type(module).__name__} cannot take; the checkpoint does not match its spec.")
+        parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        setattr(parent, name.rpartition(".")[2], new)
+    return model
+
+
+def model_from_state(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
+    model = conform_to(create_model(spec), state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CompactCLError(f"{source}: weights do not match the model spec (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}); the file was written by another model.")
+    return model.eval()
+
+
+def load_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """Rebuild a model saved by :func:`save_checkpoint` (no Python object is unpickled)."""
+    header = read_header(path)
+    if header.get("format") != FORMAT:
+        raise CompactCLError(f"{path} has format {header.get('format')!r}, not a checkpoint; use compactcl.load().")
+    return model_from_state(header["spec"], load_tensors_checked(path, header), str(path))

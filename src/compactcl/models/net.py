@@ -1,0 +1,157 @@
+"""Classifiers that grow: one backbone + expandable head, or DER's one-branch-per-task net.
+
+Every model exposes the same small interface that learners and compressors use:
+``features(x) -> (B, D)``, ``head`` (an ``nn.Linear``), ``forward(x) -> (B, num_classes)``,
+``grow(n_new)`` to add classes, and ``spec`` (a JSON-able description to rebuild it).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import create_backbone
+
+__all__ = ["IncrementalNet", "DERNet", "create_model", "grow_linear"]
+
+
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """nn.Linear that may start with zero outputs (a head before its first task) without a warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return nn.Linear(in_features, out_features)
+
+
+def grow_linear(layer: nn.Linear, n_new: int) -> nn.Linear:
+    """A copy of ``layer`` with ``n_new`` more outputs; old rows are kept exactly."""
+    grown = nn.Linear(layer.in_features, layer.out_features + n_new, bias=layer.bias is not None)
+    grown = grown.to(layer.weight.device, layer.weight.dtype)
+    with torch.no_grad():
+        grown.weight[: layer.out_features] = layer.weight
+        if layer.bias is not None:
+            grown.bias[: layer.out_features] = layer.bias
+    return grown
+
+
+class IncrementalNet(nn.Module):
+    """One backbone and a linear head that grows with every task.
+
+    >>> net = IncrementalNet("mlp", in_channels=1, input_size=8, num_classes=2)
+    >>> net.grow(2); net(torch.zeros(3, 1, 8, 8)).shape
+    torch.Size([3, 4])
+    """
+
+    def __init__(self, backbone: str, in_channels: int, input_size: int, num_classes: int = 0,
+                 backbone_kwargs: dict[str, Any] | None = None):
+        super().__init__()
+        self.backbone_name = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.in_channels, self.input_size = in_channels, input_size
+        self.backbone = create_backbone(backbone, in_channels, input_size, **self.backbone_kwargs)
+        self.head = _linear(self.backbone.out_dim, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "single", "backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
+                "in_channels": self.in_channels, "input_size": self.input_size, "num_classes": self.num_classes}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # (B, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, num_classes)
+
+    def grow(self, n_new: int) -> None:
+        self.head = grow_linear(self.head, n_new)
+
+
+class DERNet(nn.Module):
+    """Dynamically Expandable Representation (Yan et al., CVPR 2021).
+
+    Each task adds a fresh backbone branch; the head reads the concatenated features of all
+    branches. ``aux_head`` (new classes + one "old" class) trains the newest branch to be
+    discriminative on its own and is dropped after the task. The model grows by one
+    backbone per task, which is why its deployed form must be compressed.
+    """
+
+    def __init__(self, backbone: str, in_channels: int, input_size: int, num_classes: int = 0,
+                 backbone_kwargs: dict[str, Any] | None = None, branches: int = 0):
+        super().__init__()
+        self.backbone_name = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.in_channels, self.input_size = in_channels, input_size
+        self.branches = nn.ModuleList(
+            create_backbone(backbone, in_channels, input_size, **self.backbone_kwargs) for _ in range(branches))
+        self.head = _linear(sum(b.out_dim for b in self.branches), num_classes)
+        self.aux_head: nn.Linear | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "der", "backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
+                "in_channels": self.in_channels, "input_size": self.input_size,
+                "num_classes": self.num_classes, "branches": len(self.branches)}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([b(x) for b in self.branches], dim=1)  # (B, sum of branch dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, auxiliary logits of the newest branch) for the DER loss."""
+        feats = [b(x) for b in self.branches]
+        logits = self.head(torch.cat(feats, dim=1))
+        aux = self.aux_head(feats[-1]) if self.aux_head is not None else None
+        return logits, aux
+
+    def grow(self, n_new: int) -> None:
+        """Add a branch (initialised from the newest one, old ones frozen) and ``n_new`` classes."""
+        new = create_backbone(self.backbone_name, self.in_channels, self.input_size, **self.backbone_kwargs)
+        if len(self.branches):
+            new.load_state_dict(self.branches[-1].state_dict())
+        device = self.head.weight.device
+        self.branches.append(new.to(device))
+        for branch in self.branches[:-1]:
+            branch.requires_grad_(False)
+        old = self.head
+        head = nn.Linear(old.in_features + new.out_dim, old.out_features + n_new).to(device)
+        with torch.no_grad():
+            head.weight.zero_()
+            head.weight[: old.out_features, : old.in_features] = old.weight
+            head.bias[: old.out_features] = old.bias
+            nn.init.kaiming_uniform_(head.weight[old.out_features:], a=5 ** 0.5)
+        self.head = head
+        # The auxiliary head needs an 'old' class to contrast with: none on the first task.
+        self.aux_head = nn.Linear(new.out_dim, n_new + 1).to(device) if len(self.branches) > 1 else None
+
+    def end_task(self) -> None:
+        self.aux_head = None
+
+    def train(self, mode: bool = True) -> "DERNet":
+        super().train(mode)
+        for branch in self.branches[:-1]:  # frozen branches keep their batch-norm statistics
+            branch.eval()
+        return self
+
+
+def create_model(spec: dict[str, Any]) -> nn.Module:
+    """Build an (untrained) model from its ``spec``."""
+    spec = copy.deepcopy(spec)
+    kind = spec.pop("kind")
+    if kind == "single":
+        return IncrementalNet(**spec)
+    if kind == "der":
+        return DERNet(**spec)
+    raise ValueError(f"unknown model kind {kind!r}; expected 'single' or 'der'")
