@@ -1,0 +1,48 @@
+"""`compactcl run [RECIPE] [--out DIR] [--set key=value ...]`: run a class-incremental recipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..pipeline.recipe import load_recipe
+from .common import add_json_flag, emit, format_table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a recipe (default: the built-in digits recipe)")
+    p.add_argument("recipe", nargs="?", default=None, help="YAML file or built-in name (compactcl list)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key, e.g. --set learner.epochs=3 (repeatable)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's, auto)")
+    p.add_argument("--resume", action="store_true", help="continue a run folder from its last finished task")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..pipeline.run import run_recipe
+
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    recipe = load_recipe(args.recipe, overrides)
+    out = Path(args.out or Path("runs") / recipe.name)
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    doc = run_recipe(recipe, out, resume=args.resume, progress=not args.no_progress and not args.json, log=log)
+    emit(args, doc["summary"], summary_table(doc) + f"\n\nrun folder: {out}  (metrics.json, final/)")
+    return 0
+
+
+def summary_table(doc: dict) -> str:
+    rows = []
+    for t in doc["tasks"]:
+        w, d = t["accuracy"]["working"], t["accuracy"]["deployed"]
+        rows.append({"task": t["index"], "classes": ",".join(map(str, t["classes"])),
+                     "acc working": sum(w) / len(w), "acc deployed": sum(d) / len(d),
+                     "params": t["params"], "flops": t["flops"], "fp32 bytes": t["bytes"]["fp32"],
+                     "deployed bytes": t["bytes"]["deployed"], "seconds": t["seconds"]})
+    s = doc["summary"]
+    summary = [{"model": m, **{k: s[m][k] for k in ("average_incremental_accuracy", "final_accuracy", "forgetting", "bwt")}}
+               for m in ("working", "deployed")]
+    return format_table(rows) + "\n\n" + format_table(summary)

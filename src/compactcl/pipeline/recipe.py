@@ -1,0 +1,203 @@
+"""Recipes: YAML -> typed, validated config. Unknown keys and wrong types fail with the key's name.
+
+A recipe is a file path or a built-in name (``compactcl list``); ``--set a.b=value`` overrides
+any key (the value is parsed as YAML, so ``--set learner.epochs=3`` is an int).
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import CompactCLError
+
+__all__ = ["Recipe", "load_recipe", "list_recipes", "apply_overrides", "RECIPE_VERSION"]
+
+RECIPE_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dataset: str = "digits"
+    root: str | None = None
+    tasks: int = Field(5, ge=1)
+    classes_per_task: int | None = Field(None, ge=1)
+    first_task_classes: int | None = Field(None, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    class_order: list[int] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # loader options, e.g. image_size for folders
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from ..data.datasets import list_datasets
+
+        if v not in list_datasets():
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(list_datasets())}")
+        return v
+
+
+class ModelConfig(_Strict):
+    backbone: str = "cnn"
+    options: dict[str, Any] = Field(default_factory=dict)  # backbone keyword arguments, e.g. width
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from ..models.backbones import list_backbones
+
+        if v not in list_backbones():
+            raise ValueError(f"unknown backbone {v!r}; allowed: {', '.join(list_backbones())}")
+        return v
+
+
+class LearnerConfig(_Strict):
+    name: str = "icarl"
+    epochs: int = Field(10, ge=0)
+    iterations: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    temperature: float = Field(2.0, gt=0)
+    distill_weight: float = Field(1.0, ge=0)
+    nme: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known_learner(cls, v: str) -> str:
+        from ..learners import list_learners
+
+        if v not in list_learners():
+            raise ValueError(f"unknown learner {v!r}; allowed: {', '.join(list_learners())}")
+        return v
+
+
+class MemoryConfig(_Strict):
+    size: int = Field(200, ge=0)
+    selection: Literal["herding", "random"] = "herding"
+
+
+class ExportConfig(_Strict):
+    onnx: bool = False
+    int8: bool = False
+
+
+class Recipe(_Strict):
+    version: int = RECIPE_VERSION
+    name: str = "custom"
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    compress: dict[str, Any] | None = None  # compression steps (see the README); none = deployed is working
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @field_validator("version")
+    @classmethod
+    def _supported(cls, v: int) -> int:
+        if v != RECIPE_VERSION:
+            raise ValueError(f"recipe version {v} is not supported; this compactcl reads version {RECIPE_VERSION}")
+        return v
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _section_fields(e["loc"][:-1])
+            lines.append(f"unknown key {key!r}; allowed here: {', '.join(parent)}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg} (got {e.get('input')!r})")
+    return f"invalid recipe {source}:\n  " + "\n  ".join(lines)
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            break
+        model = ann
+    return sorted(model.model_fields)
+
+
+def list_recipes() -> list[str]:
+    folder = resources.files("compactcl") / "recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(recipe: str | None) -> tuple[dict[str, Any], str]:
+    if recipe is None:
+        recipe = "default"
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise CompactCLError(f"recipe file {path} not found; built-in recipes: {', '.join(list_recipes())}")
+        text, source = path.read_text(), str(path)
+    elif recipe in list_recipes():
+        text, source = (resources.files("compactcl") / "recipes" / f"{recipe}.yaml").read_text(), f"built-in {recipe!r}"
+    else:
+        raise CompactCLError(f"unknown recipe {recipe!r}: not a file and not built in; "
+                             f"built-in recipes: {', '.join(list_recipes())}")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CompactCLError(f"recipe {source} is not valid YAML: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CompactCLError(f"recipe {source} must be a mapping of keys (data:, model:, learner: ...), "
+                             f"got {type(raw).__name__}")
+    return raw, source
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings; values are parsed as YAML scalars/lists."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CompactCLError(f"--set {item!r}: expected key=value, e.g. --set learner.epochs=3")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise CompactCLError(f"--set {key}: cannot parse value {value!r}: {e}") from e
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise CompactCLError(f"--set {key}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = parsed
+    return raw
+
+
+def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (path, built-in name, or None for the default), apply overrides, validate."""
+    raw, source = _read_source(recipe)
+    raw = apply_overrides(raw, overrides or [])
+    if "name" not in raw and recipe is not None:
+        raw["name"] = Path(recipe).stem
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise CompactCLError(_format_errors(e, source)) from None
