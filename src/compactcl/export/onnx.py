@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_path
 
-__all__ = ["export_onnx", "onnx_predict", "agreement"]
+__all__ = ["export_onnx", "onnx_predict", "agreement", "export_checked"]
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], opset: int = 17) -> int:
@@ -50,3 +50,68 @@ def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> flo
     """Fraction of rows whose top-1 class is the same in two logit arrays."""
     a, b = np.asarray(a), np.asarray(b)
     return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def _torch_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.cat([model(x[i: i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _latencies(path: str | os.PathLike, input_shape: tuple[int, ...], repeats: int) -> dict[str, float]:
+    from ..metrics.latency import onnx_latency_ms
+
+    return {f"batch{b}_threads{t}": onnx_latency_ms(path, input_shape, batch=b, threads=t, repeats=repeats)
+            for b in (1, 64) for t in (1, 2)}
+
+
+def export_checked(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], test_x: torch.Tensor,
+                   test_y: torch.Tensor, int8: bool = False, calib_x: torch.Tensor | None = None,
+                   min_agreement: float = 0.999, max_int8_drop: float = 0.01, latency: bool = True,
+                   latency_repeats: int = 50) -> dict:
+    """Export to ONNX (fp32, or int8 QDQ with ``int8=True``) and check it against PyTorch on the test split.
+
+    Raises :class:`CompactCLError` if the fp32 graph's top-1 agreement with PyTorch is below
+    ``min_agreement`` or the int8 accuracy is more than ``max_int8_drop`` below PyTorch's.
+    Returns agreement, accuracy, torch_accuracy, bytes and ONNX Runtime latencies (ms,
+    batch 1 and 64, 1 and 2 threads; for int8 also the fp32 graph's, to compare).
+    """
+    import tempfile
+
+    y = test_y.cpu().numpy()
+    ref = _torch_logits(model, test_x)
+    torch_acc = float((ref.argmax(1) == y).mean())
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx" if int8 else Path(path)
+        fp32_bytes = export_onnx(model, fp32_path, input_shape)
+        fp32_logits = onnx_predict(fp32_path, test_x)
+        fp32_agree = agreement(fp32_logits, ref)
+        if fp32_agree < min_agreement:
+            raise CompactCLError(f"ONNX fp32 export disagrees with PyTorch on {1 - fp32_agree:.2%} of the test images "
+                                 f"(agreement {fp32_agree:.4f} < {min_agreement}); an operator exports wrongly — "
+                                 "report it with the model spec, and use the PyTorch model meanwhile")
+        out: dict = {"format": "onnx-int8" if int8 else "onnx-fp32", "path": str(path), "torch_accuracy": torch_acc,
+                     "fp32_agreement": fp32_agree, "fp32_bytes": fp32_bytes}
+        if int8:
+            from .int8 import quantize_onnx_int8
+
+            nbytes = quantize_onnx_int8(fp32_path, path, calib_x)
+            logits = onnx_predict(path, test_x)
+            acc = float((logits.argmax(1) == y).mean())
+            out.update(agreement=agreement(logits, ref), accuracy=acc, bytes=nbytes)
+            if torch_acc - acc > max_int8_drop:
+                raise CompactCLError(f"ONNX int8 accuracy {acc:.4f} is {torch_acc - acc:.4f} below PyTorch fp32 "
+                                     f"({torch_acc:.4f}), more than the allowed {max_int8_drop}; calibrate on more "
+                                     "training images, or ship the fp32 ONNX (omit --int8)")
+            if latency:
+                out["fp32_latency_ms"] = _latencies(fp32_path, input_shape, latency_repeats)
+        else:
+            acc = float((fp32_logits.argmax(1) == y).mean())
+            out.update(agreement=fp32_agree, accuracy=acc, bytes=fp32_bytes)
+        if latency:
+            out["latency_ms"] = _latencies(path, input_shape, latency_repeats)
+            if int8:
+                out["speedup_vs_fp32"] = {k: out["fp32_latency_ms"][k] / v for k, v in out["latency_ms"].items()}
+    return out

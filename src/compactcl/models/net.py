@@ -83,7 +83,7 @@ class DERNet(nn.Module):
     """
 
     def __init__(self, backbone: str, in_channels: int, input_size: int, num_classes: int = 0,
-                 backbone_kwargs: dict[str, Any] | None = None, branches: int = 0):
+                 backbone_kwargs: dict[str, Any] | None = None, branches: int = 0, aux_classes: int = 0):
         super().__init__()
         self.backbone_name = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
@@ -91,7 +91,7 @@ class DERNet(nn.Module):
         self.branches = nn.ModuleList(
             create_backbone(backbone, in_channels, input_size, **self.backbone_kwargs) for _ in range(branches))
         self.head = _linear(sum(b.out_dim for b in self.branches), num_classes)
-        self.aux_head: nn.Linear | None = None
+        self.aux_head: nn.Linear | None = nn.Linear(self.branches[-1].out_dim, aux_classes) if aux_classes else None
 
     @property
     def num_classes(self) -> int:
@@ -101,7 +101,8 @@ class DERNet(nn.Module):
     def spec(self) -> dict[str, Any]:
         return {"kind": "der", "backbone": self.backbone_name, "backbone_kwargs": self.backbone_kwargs,
                 "in_channels": self.in_channels, "input_size": self.input_size,
-                "num_classes": self.num_classes, "branches": len(self.branches)}
+                "num_classes": self.num_classes, "branches": len(self.branches),
+                "aux_classes": self.aux_head.out_features if self.aux_head is not None else 0}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([b(x) for b in self.branches], dim=1)  # (B, sum of branch dims)

@@ -1,0 +1,59 @@
+"""`compactcl compare [RECIPE] --learners a,b --seeds 0,1,2`: the same stream, several learners, one table."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from ..utils.atomic import atomic_write_json
+from .common import add_json_flag, emit, format_table
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="run several learners on the same stream and seeds; one table")
+    p.add_argument("recipe", nargs="?", default=None, help="YAML file or built-in name")
+    p.add_argument("--learners", default="finetune,joint,icarl,der", help="comma-separated learner names")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--out", default=None, help="folder for the runs and compare.json (default runs/compare-<recipe>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="reuse finished runs in --out")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..pipeline.recipe import load_recipe
+    from ..pipeline.run import run_recipe
+
+    base = load_recipe(args.recipe, args.overrides)
+    out = Path(args.out or Path("runs") / f"compare-{base.name}")
+    learners = [s.strip() for s in args.learners.split(",") if s.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    rows = []
+    for name in learners:
+        per_seed = []
+        for seed in seeds:
+            recipe = load_recipe(args.recipe, [*args.overrides, f"learner.name={name}", f"seed={seed}"])
+            doc = run_recipe(recipe, out / f"{name}-seed{seed}", resume=args.resume, progress=False,
+                             log=lambda s: None)
+            per_seed.append(doc)
+        finals = [d["summary"]["working"]["final_accuracy"] for d in per_seed]
+        dep = [d["summary"]["deployed"]["final_accuracy"] for d in per_seed]
+        rows.append({
+            "learner": name,
+            "final_accuracy": statistics.mean(finals),
+            "final_std": statistics.pstdev(finals),
+            "average_incremental_accuracy": statistics.mean(d["summary"]["working"]["average_incremental_accuracy"]
+                                                            for d in per_seed),
+            "forgetting": statistics.mean(d["summary"]["working"]["forgetting"] for d in per_seed),
+            "deployed_final_accuracy": statistics.mean(dep),
+            "params_per_task": [t["params"] for t in per_seed[0]["tasks"]],
+            "fp32_bytes": per_seed[0]["tasks"][-1]["bytes"]["fp32"],
+            "deployed_bytes": per_seed[0]["tasks"][-1]["bytes"]["deployed"],
+        })
+    result = {"recipe": base.name, "seeds": seeds, "rows": rows}
+    atomic_write_json(out / "compare.json", result)
+    table_rows = [{k: (v if not isinstance(v, list) else "/".join(f"{x // 1000}k" for x in v)) for k, v in r.items()}
+                  for r in rows]
+    emit(args, result, format_table(table_rows) + f"\n\nseeds {seeds}; runs and compare.json in {out}")
+    return 0

@@ -1,0 +1,100 @@
+"""`compactcl prune`: prune a saved model (magnitude, L1, sensitivity-guided or structural), fine-tune, save."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+from .common import add_json_flag, emit, format_table
+
+METHODS = ("magnitude", "l1", "sensitivity", "structured")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("prune", help="prune a checkpoint or run folder and fine-tune it",
+                              description="Prune a saved model, fine-tune it on the data it was trained on, "
+                                          "save it and print before/after figures.")
+    p.add_argument("model", help="checkpoint (.safetensors / .ccl) or run folder (uses final/working)")
+    p.add_argument("--method", choices=METHODS, default="magnitude",
+                   help="magnitude/l1/sensitivity zero weights (smaller packed .ccl); structured removes channels")
+    p.add_argument("--ratio", type=float, required=True,
+                   help="fraction of weights (unstructured) or of channels (structured) to remove, in [0, 1)")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="epochs of fine-tuning after pruning (0: none)")
+    p.add_argument("--round-to", type=int, default=None, help="structured: keep channel counts multiples of N")
+    p.add_argument("--importance", default=None, help="importance score (l1, l2, taylor); default per method")
+    p.add_argument("--scope", choices=("global", "layer"), default="global", help="magnitude/l1: one threshold or per layer")
+    p.add_argument("--schedule", choices=("oneshot", "agp"), default="oneshot",
+                   help="magnitude: prune at once, or gradually (cubic AGP) during the fine-tuning epochs")
+    p.add_argument("--l1-strength", type=float, default=1e-4, help="l1: weight of sum|w| in the loss")
+    p.add_argument("--l1-epochs", type=int, default=2, help="l1: epochs of L1-regularised training before pruning")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (SGD, cosine)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latency", action="store_true", help="also measure ONNX Runtime latency (1, 2 threads; batch 1, 64)")
+    p.add_argument("--out", required=True, help="output file: .safetensors checkpoint, or .ccl packed artifact")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import checkpoint_data, load, resolve_model_path
+    from ..compress.prune import PruneData, config_for, finalize_, finetune_, prune_
+    from ..compress.prune.report import model_figures, onnx_latencies, save_model
+    from ..errors import CompactCLError
+    from ..learners.loop import TrainConfig
+    from ..models.checkpoint import read_header
+
+    out = Path(args.out)
+    if out.suffix not in (".safetensors", ".ccl"):
+        raise CompactCLError(f"--out {out}: use a .safetensors (checkpoint) or .ccl (packed artifact) file name")
+    if args.round_to is not None and args.method != "structured":
+        raise CompactCLError("--round-to applies to --method structured only (channel counts); drop it")
+    src = resolve_model_path(args.model)
+    dense = load(src)
+    data = checkpoint_data(src)
+    shape = tuple(data["input_shape"])
+
+    options: dict = {}
+    if args.method in ("magnitude", "l1"):
+        options["scope"] = args.scope
+    if args.method == "magnitude":
+        options["schedule"] = args.schedule
+    if args.method == "l1":
+        options.update(strength=args.l1_strength, epochs=args.l1_epochs)
+    if args.method == "structured" and args.round_to:
+        options["round_to"] = args.round_to
+    if args.importance and args.method != "l1":
+        options["importance"] = args.importance
+    cfg = config_for(args.method, args.ratio, **options)
+
+    train_cfg = TrainConfig(epochs=max(args.finetune_epochs, 1), lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    model = copy.deepcopy(dense)
+    result = prune_(model, cfg, PruneData(shape, data["train"], data["val"], train_cfg))
+    agp = getattr(cfg, "schedule", "oneshot") == "agp"  # AGP already trained between its steps
+    if args.finetune_epochs > 0 and not agp:
+        finetune_(model, data["train"], train_cfg)
+    finalize_(model)
+    nbytes = save_model(model, out, read_header(src).get("meta", {}))
+
+    before = model_figures(dense, shape, data["test"], out.suffix)
+    after = model_figures(model, shape, data["test"])
+    after["bytes"] = nbytes
+    figures = {"method": result.method, "ratio": args.ratio, "out": str(out),
+               **after, **{f"baseline_{k}": v for k, v in before.items()},
+               "config": result.config}
+    if "layer_ratios" in result.info:
+        figures["layer_ratios"] = result.info["layer_ratios"]
+    if args.latency:
+        figures["latency_ms"] = onnx_latencies(model, shape)
+        figures["baseline_latency_ms"] = onnx_latencies(dense, shape)
+    rows = [{"model": name, "accuracy": f[f"{p}accuracy"], "params": f[f"{p}params"], "nonzeros": f[f"{p}nonzeros"],
+             "flops": f[f"{p}flops"], "bytes": f[f"{p}bytes"]}
+            for name, p, f in (("dense", "baseline_", figures), (f"pruned ({result.method})", "", figures))]
+    table = format_table(rows)
+    if args.latency:
+        lat = [{"model": n, **figures[k]} for n, k in (("dense", "baseline_latency_ms"), ("pruned", "latency_ms"))]
+        table += "\n\nONNX Runtime median ms (t=threads, b=batch)\n" + format_table(lat)
+    emit(args, figures, table + f"\n\nsaved {out}")
+    return 0

@@ -1,0 +1,68 @@
+"""Before/after figures of a pruned model: params, non-zeros, FLOPs, real file bytes, ONNX latency."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ...data.datasets import TensorData
+from ...learners.loop import accuracy
+from ...metrics.model_stats import count_flops, count_nonzero, count_params
+
+__all__ = ["artifact_available", "save_model", "model_figures", "onnx_latencies"]
+
+
+def artifact_available() -> bool:
+    """True when the packed-artifact writer (compactcl.export.artifact) is installed."""
+    try:
+        from ...export.artifact import save_artifact  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> int:
+    """Save ``model`` as a packed artifact (``.ccl``) or a checkpoint (anything else); return bytes."""
+    from ...errors import CompactCLError
+    from ...models.checkpoint import save_checkpoint
+
+    path = Path(path)
+    if path.suffix == ".ccl":
+        if not artifact_available():
+            raise CompactCLError(f"cannot write {path}: the packed artifact writer (compactcl.export.artifact) "
+                                 "is not installed in this version; write a .safetensors checkpoint instead")
+        from ...export.artifact import save_artifact
+
+        save_artifact(model, path, meta)
+        return path.stat().st_size
+    return save_checkpoint(model, path, meta)
+
+
+def model_figures(model: nn.Module, input_shape: tuple[int, ...], test: TensorData | None = None,
+                  fmt: str = ".safetensors") -> dict[str, Any]:
+    """accuracy (on ``test``), params, nonzeros, flops, and bytes of the model saved as ``fmt``."""
+    with tempfile.TemporaryDirectory() as d:
+        nbytes = save_model(model, Path(d) / f"model{fmt}")
+    return {"accuracy": accuracy(model, test) if test is not None else float("nan"),
+            "params": count_params(model), "nonzeros": count_nonzero(model),
+            "flops": count_flops(model, input_shape), "bytes": nbytes}
+
+
+def onnx_latencies(model: nn.Module, input_shape: tuple[int, ...], threads: tuple[int, ...] = (1, 2),
+                   batches: tuple[int, ...] = (1, 64), repeats: int = 50) -> dict[str, float]:
+    """Median ONNX Runtime milliseconds, keyed ``"t{threads}_b{batch}"``."""
+    from ...export.onnx import export_onnx
+    from ...metrics.latency import onnx_latency_ms
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.onnx"
+        export_onnx(model, path, input_shape)
+        for t in threads:
+            for b in batches:
+                out[f"t{t}_b{b}"] = onnx_latency_ms(path, input_shape, batch=b, threads=t, repeats=repeats)
+    return out

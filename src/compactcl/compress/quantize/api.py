@@ -1,0 +1,303 @@
+"""``quantize_(model, config)``: one verb, many typed configs, one registry (the torchao pattern).
+
+>>> from compactcl.models import IncrementalNet
+>>> net = IncrementalNet("mlp", 1, 8, num_classes=4)
+>>> quantize_(net, LinearQuantConfig(bits=8))            # in place
+>>> sorted(quantized_layers(net))[:1]
+['backbone.body.1']
+
+Every config selects layers (``types``, ``include``/``exclude`` fnmatch patterns on module
+names, the head included unless ``skip_head``) and may give ``layer_bits`` (name -> bits)
+for mixed precision. Adding a scheme = a config dataclass + ``@register_quantizer(Config)``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ...errors import CompactCLError
+from . import primitives as P
+from .state import WeightQuant, get_weight_quant, quantized_layers, set_weight_quant
+
+__all__ = ["QuantConfig", "LinearQuantConfig", "LogQuantConfig", "KMeansQuantConfig", "quantize_",
+           "register_quantizer", "list_quantizers", "QUANTIZERS", "config_for", "select_layers",
+           "round_side_tensors_", "ActivationFakeQuant", "calibrate_activations_", "remove_activation_quant_"]
+
+LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Fields every scheme shares: which layers, how many bits, what else is rounded."""
+
+    bits: int = 8
+    types: tuple[str, ...] = ("Conv2d", "Linear")
+    include: tuple[str, ...] = ()  # fnmatch patterns on module names; empty = all
+    exclude: tuple[str, ...] = ()
+    skip_head: bool = False
+    layer_bits: dict[str, int] = field(default_factory=dict)  # mixed precision: module name -> bits
+    # biases and batch-norm tensors rounded to fp16 so the artifact stores them in 2 bytes, losslessly
+    fp16_side: bool = True
+    version: int = 1
+    method = "base"
+    min_bits = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "types", tuple(self.types))
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "layer_bits", dict(self.layer_bits))
+        for b in [self.bits, *self.layer_bits.values()]:
+            if not isinstance(b, int) or not self.min_bits <= b <= 8:
+                raise CompactCLError(f"{type(self).__name__}: bits must be an integer in {self.min_bits}..8, "
+                                     f"got {b!r}; pick e.g. bits=8 or bits=4")
+        unknown = [t for t in self.types if t not in LAYER_TYPES]
+        if unknown:
+            raise CompactCLError(f"{type(self).__name__}: unknown layer types {unknown}; use {sorted(LAYER_TYPES)}")
+
+    def bits_for(self, name: str) -> int:
+        return int(self.layer_bits.get(name, self.bits))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["method"] = self.method
+        return d
+
+
+@dataclass(frozen=True)
+class LinearQuantConfig(QuantConfig):
+    """Uniform grid: symmetric (zero point 0) or affine, per output channel or per tensor."""
+
+    per_channel: bool = True
+    symmetric: bool = True
+    method = "linear"
+
+
+@dataclass(frozen=True)
+class LogQuantConfig(QuantConfig):
+    """Sign + power-of-two exponent. ``levels`` exponents per sign (default ``2**(bits-1)-1``,
+    one code kept for zero); ``max_exponent`` fixes the top exponent instead of fitting it."""
+
+    per_channel: bool = False
+    levels: int | None = None
+    max_exponent: int | None = None
+    method = "log"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for b in {self.bits, *self.layer_bits.values()}:
+            try:
+                P.log_levels(b, self.levels)
+            except ValueError as e:
+                raise CompactCLError(f"LogQuantConfig: {e}; lower levels or raise bits") from e
+
+
+@dataclass(frozen=True)
+class KMeansQuantConfig(QuantConfig):
+    """Per-layer shared-weight codebook of ``2**bits`` centroids (Deep Compression)."""
+
+    init: str = "linear"  # "linear" | "density" | "kmeans++"
+    iters: int = 30
+    seed: int = 0
+    method = "kmeans"
+    min_bits = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init not in ("linear", "density", "kmeans++"):
+            raise CompactCLError(f"KMeansQuantConfig: init {self.init!r} unknown; use 'linear', 'density' or 'kmeans++'")
+
+
+# --------------------------------------------------------------------------------------- registry
+Handler = Callable[[torch.Tensor, QuantConfig, int], WeightQuant]
+QUANTIZERS: dict[type, Handler] = {}
+
+
+def register_quantizer(config_type: type) -> Callable[[Handler], Handler]:
+    """Register ``handler(weight, config, bits) -> WeightQuant`` for ``config_type``."""
+    def wrap(fn: Handler) -> Handler:
+        QUANTIZERS[config_type] = fn
+        return fn
+
+    return wrap
+
+
+def list_quantizers() -> list[str]:
+    return sorted(c.method for c in QUANTIZERS)
+
+
+@register_quantizer(LinearQuantConfig)
+def _linear(w: torch.Tensor, cfg: LinearQuantConfig, bits: int) -> WeightQuant:
+    axis = 0 if cfg.per_channel else None
+    scale, zp = P.linear_qparams(w, bits, cfg.symmetric, axis)
+    return WeightQuant("linear", bits, {"scale": scale, "zero_point": zp}, axis, {"symmetric": cfg.symmetric})
+
+
+@register_quantizer(LogQuantConfig)
+def _log(w: torch.Tensor, cfg: LogQuantConfig, bits: int) -> WeightQuant:
+    axis = 0 if cfg.per_channel else None
+    if cfg.max_exponent is not None:
+        emax = torch.full((w.shape[0],) if axis == 0 else (), cfg.max_exponent, dtype=torch.int32)
+    else:
+        emax = P.log_qparams(w, axis)
+    return WeightQuant("log", bits, {"emax": emax}, axis, {"levels": P.log_levels(bits, cfg.levels)})
+
+
+@register_quantizer(KMeansQuantConfig)
+def _kmeans(w: torch.Tensor, cfg: KMeansQuantConfig, bits: int) -> WeightQuant:
+    res = P.quantize_kmeans(w, bits, cfg.init, cfg.iters, cfg.seed)
+    return WeightQuant("kmeans", bits, {"codebook": res.codebook}, None, {"zero_code": res.zero_code})
+
+
+def config_for(method: str, bits: int, **kwargs: Any) -> QuantConfig:
+    """Config of scheme ``method`` ("linear", "log", "kmeans") — handy for CLIs and searches."""
+    for cls in QUANTIZERS:
+        if cls.method == method:
+            return cls(bits=bits, **kwargs)
+    raise CompactCLError(f"unknown quantization method {method!r}; choose one of {', '.join(list_quantizers())}")
+
+
+# -------------------------------------------------------------------------------------- surgery
+def _head_names(model: nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if name.split(".")[-1] in ("head", "aux_head")}
+
+
+def select_layers(model: nn.Module, config: QuantConfig) -> list[str]:
+    """Names of the modules ``config`` quantizes, in model order."""
+    types = tuple(LAYER_TYPES[t] for t in config.types)
+    heads = _head_names(model) if config.skip_head else set()
+    names = []
+    for name, m in model.named_modules():
+        if not isinstance(m, types) or name in heads or getattr(m, "weight", None) is None:
+            continue
+        if config.include and not any(fnmatch.fnmatchcase(name, p) for p in config.include):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in config.exclude):
+            continue
+        names.append(name)
+    unknown = set(config.layer_bits) - set(names)
+    if unknown:
+        raise CompactCLError(f"layer_bits names layers that are not quantized: {sorted(unknown)}; "
+                             f"quantizable layers are {names}")
+    return names
+
+
+@torch.no_grad()
+def round_side_tensors_(model: nn.Module) -> None:
+    """Round biases and batch-norm tensors to fp16 values (kept as fp32) so they pack losslessly in 2 bytes."""
+    for m in model.modules():
+        tensors = [getattr(m, "bias", None)]
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            tensors += [m.weight, m.running_mean, m.running_var]
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                t.copy_(t.half().float())
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Quantize the weights of the selected layers of ``model`` in place (and return it).
+
+    Each weight is replaced by its dequantized value and ``module.weight_quant`` records the
+    grid; the model stays a normal PyTorch model. Re-quantizing a layer starts from its
+    current weights.
+    """
+    handler = QUANTIZERS.get(type(config))
+    if handler is None:
+        raise CompactCLError(f"no quantizer registered for {type(config).__name__}; "
+                             f"registered: {', '.join(list_quantizers())}")
+    for name in select_layers(model, config):
+        m = model.get_submodule(name)
+        w = m.weight.detach().float().cpu()
+        wq = handler(w, config, config.bits_for(name))
+        new = wq.decode(wq.encode(w), w != 0)
+        m.weight.copy_(new.to(m.weight.device, m.weight.dtype))
+        set_weight_quant(m, wq)
+    if config.fp16_side:
+        round_side_tensors_(model)
+    return model
+
+
+# ---------------------------------------------------------------------------- activations (sim)
+class ActivationFakeQuant:
+    """Forward pre-hook that fake-quantizes a layer's input to int8 (simulation of the int8 runtime).
+
+    A plain object (not a closure) so ``copy.deepcopy`` of the model copies it with its scale.
+    """
+
+    def __init__(self, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255):
+        self.scale, self.zero_point, self.qmin, self.qmax = float(scale), int(zero_point), qmin, qmax
+
+    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+        x = inputs[0]
+        return (torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax),
+                *inputs[1:])
+
+
+@torch.no_grad()
+def calibrate_activations_(model: nn.Module, x: torch.Tensor, method: str = "minmax", percentile: float = 99.99,
+                           bits: int = 8, types: tuple[str, ...] = ("Conv2d", "Linear"),
+                           batch_size: int = 256) -> dict[str, tuple[float, int]]:
+    """Attach uint8 input fake-quant to every Conv2d/Linear, ranges from calibration images ``x``.
+
+    ``method``: ``"minmax"`` (observed range) or ``"percentile"`` (clip the tails at
+    ``percentile``, robust to outliers). Returns ``{layer: (scale, zero_point)}``.
+    """
+    if method not in ("minmax", "percentile"):
+        raise CompactCLError(f"activation calibration {method!r} unknown; use 'minmax' or 'percentile'")
+    remove_activation_quant_(model)
+    kinds = tuple(LAYER_TYPES[t] for t in types)
+    seen: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, kinds):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, inp, name=name: seen.setdefault(name, []).append(inp[0].detach().flatten().cpu())))
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i: i + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    qmin, qmax = 0, 2 ** bits - 1
+    out = {}
+    for name, chunks in seen.items():
+        v = torch.cat(chunks)
+        if method == "percentile" and v.numel() > 16:
+            sample = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+            lo = float(torch.quantile(sample, 1 - percentile / 100))
+            hi = float(torch.quantile(sample, percentile / 100))
+        else:
+            lo, hi = float(v.min()), float(v.max())
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = max((hi - lo) / (qmax - qmin), float(torch.finfo(torch.float32).eps))
+        zp = int(min(max(qmin - round(lo / scale), qmin), qmax))
+        hook = ActivationFakeQuant(scale, zp, qmin, qmax)
+        model.get_submodule(name).register_forward_pre_hook(hook)
+        out[name] = (scale, zp)
+    return out
+
+
+def remove_activation_quant_(model: nn.Module) -> None:
+    """Remove the hooks :func:`calibrate_activations_` attached."""
+    for m in model.modules():
+        for key, hook in list(m._forward_pre_hooks.items()):
+            if isinstance(hook, ActivationFakeQuant):
+                del m._forward_pre_hooks[key]
+
+
+def describe(model: nn.Module) -> list[dict[str, Any]]:
+    """One row per quantized layer: name, method, bits, weights."""
+    return [{"layer": name, "method": wq.method, "bits": wq.bits,
+             "weights": model.get_submodule(name).weight.numel()} for name, wq in quantized_layers(model).items()]
+
+
+__all__ += ["describe", "get_weight_quant"]

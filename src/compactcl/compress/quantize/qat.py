@@ -1,0 +1,141 @@
+"""Quantization-aware fine-tuning: recover the accuracy low-bit grids lose.
+
+* linear / log: a latent full-precision weight is trained; the forward pass uses its
+  grid-snapped value and the gradient passes straight through the rounding (STE).
+* k-means: the codes are fixed and the *centroids* are trained; the gradient of a centroid
+  is the sum of the gradients of all weights that share it (Deep Compression) — exactly
+  what autograd gives for ``codebook[codes]``.
+
+Pruned (zero) weights stay zero throughout. The grid parameters (scale, exponent range)
+are those ``quantize_`` fitted; only weights/centroids (and biases, batch norm) move.
+
+>>> qat_(model, KMeansQuantConfig(bits=3), train_data, QATConfig(epochs=3))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ...data.datasets import TensorData
+from ...learners.loop import LossFn, TrainConfig, train
+from .api import QuantConfig, quantize_, round_side_tensors_
+from .state import WeightQuant, get_weight_quant, quantized_layers, set_weight_quant
+
+__all__ = ["QATConfig", "qat_", "StraightThrough", "SharedWeights"]
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    epochs: int = 3
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    batch_size: int = 64
+    seed: int = 0
+    schedule: str = "cosine"
+    fp16_side: bool = True  # re-round biases/BN to fp16 after training (see quantize_)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
+                           seed=self.seed, schedule=self.schedule, weight_decay=0.0)
+
+
+class StraightThrough(nn.Module):
+    """Parametrization: latent weight -> grid value in the forward pass, identity gradient."""
+
+    def __init__(self, wq: WeightQuant, mask: torch.Tensor):
+        super().__init__()
+        self.wq = wq
+        self.register_buffer("mask", mask)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            snapped = self.wq.fake(latent.detach())
+        # value is exactly ``snapped`` (latent - latent.detach() is 0.0); gradient is the identity
+        return (snapped + (latent - latent.detach())) * self.mask
+
+
+class SharedWeights(nn.Module):
+    """Parametrization: weight = ``codebook[codes]``; the codebook is the trainable parameter."""
+
+    def __init__(self, wq: WeightQuant, codes: torch.Tensor, mask: torch.Tensor):
+        super().__init__()
+        self.codebook = nn.Parameter(wq.params["codebook"].clone())
+        zc = wq.options.get("zero_code")
+        trainable = torch.ones_like(self.codebook)
+        if zc is not None:
+            trainable[zc] = 0.0  # the reserved zero stays exactly zero
+        self.register_buffer("trainable", trainable)
+        self.register_buffer("codes", codes)
+        self.register_buffer("mask", mask)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        codebook = self.codebook * self.trainable
+        return codebook[self.codes] * self.mask
+
+
+def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def qat_(model: nn.Module, config: QuantConfig | None, data: TensorData, qat: QATConfig = QATConfig(),
+         loss_fn: LossFn | None = None) -> list[float]:
+    """Quantize ``model`` with ``config`` and fine-tune it on ``data`` in place; return epoch losses.
+
+    With ``config=None`` the model must already be quantized; its grids are kept and
+    fine-tuning starts from its current (grid) weights. Otherwise the latent weights start
+    from the model's full-precision weights, which usually recovers more.
+    """
+    if config is not None:
+        latent = {name: m.weight.detach().clone() for name, m in model.named_modules()
+                  if isinstance(getattr(m, "weight", None), torch.Tensor)}
+        quantize_(model, config)
+    else:
+        latent = {}
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError("qat_: no quantized layers; pass a config or quantize_ the model first")
+    for name, wq in layers.items():
+        m = model.get_submodule(name)
+        start = latent.get(name, m.weight.detach())
+        mask = (start != 0).to(m.weight.dtype)
+        if wq.method == "kmeans":
+            p: nn.Module = SharedWeights(wq, wq.encode(start.cpu()).to(m.weight.device), mask)
+        else:
+            with torch.no_grad():
+                m.weight.copy_(start)
+            p = StraightThrough(wq, mask)
+        parametrize.register_parametrization(m, "weight", p)
+        if wq.method == "kmeans":
+            m.parametrizations.weight.original.requires_grad_(False)
+    try:
+        history = train(model, data, loss_fn or _ce, qat.train_config(), desc="qat")
+    finally:
+        for name, wq in layers.items():
+            m = model.get_submodule(name)
+            p = m.parametrizations.weight[0]
+            if isinstance(p, SharedWeights):
+                wq.params["codebook"] = (p.codebook * p.trainable).detach().cpu().clone()
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+            with torch.no_grad():  # exact grid values (guards against any float drift)
+                w = m.weight.detach().float().cpu()
+                m.weight.copy_(wq.decode(wq.encode(w), w != 0).to(m.weight.device, m.weight.dtype))
+            m.weight.requires_grad_(True)
+            set_weight_quant(m, wq)
+    if qat.fp16_side:
+        round_side_tensors_(model)
+    model.eval()
+    return history
+
+
+def _check(model: nn.Module) -> None:
+    """Every quantized layer still lies on its grid (used by tests)."""
+    for name, wq in quantized_layers(model).items():
+        assert wq.on_grid(model.get_submodule(name).weight), name
+
+
+__all__ += ["get_weight_quant"]

@@ -1,0 +1,263 @@
+"""Packed artifact (.ccl): the deployed model at its real size, as one safetensors file.
+
+Layout — three flat tensors and a JSON header (no pickle):
+
+* ``u8``  : bit-packed weight codes, sparsity masks (one bit per weight), affine zero points,
+  log exponents (int8 stored as uint8 + 128);
+* ``f16`` : float tensors whose values are exactly fp16 (biases and batch-norm tensors after
+  ``quantize_``, which rounds them so), 2 bytes each — lossless;
+* ``f32`` : everything else that is float: scales, codebooks, unquantized weights.
+
+The header (safetensors metadata key ``"compactcl"``) is
+``{"format": "compactcl.artifact/1", "spec", "meta", "sha256", "layers"}`` where ``layers``
+maps each module to its state-dict tensors, in file order, with shape and encoding
+(``{"enc": "kmeans", "bits": 3, "shape": [...]}``, ``{"dt": "f16", "shape": [...]}``, ...); each entry's bytes
+follow from its shape and bits, so no offsets are stored. A tensor that is mostly zeros
+is stored as a bitmask (``np.packbits``) of non-zeros + only the non-zero codes/values.
+
+Loading is exact: the rebuilt model's weights equal the in-memory quantized model's bit
+for bit. Flat blobs keep the safetensors framing (a JSON entry per tensor) off small models.
+
+>>> nbytes = save_artifact(model, "model.ccl")  # doctest: +SKIP
+>>> model2 = load_artifact("model.ccl")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ..compress.quantize.packing import pack_bits, pack_mask, packed_nbytes, unpack_bits, unpack_mask
+from ..compress.quantize.state import WeightQuant, get_weight_quant, set_weight_quant
+from ..errors import CompactCLError
+from ..models.checkpoint import model_from_state, read_header, tensor_digest
+from ..utils.atomic import atomic_write_bytes
+
+__all__ = ["save_artifact", "load_artifact", "pack_artifact", "artifact_nbytes", "FORMAT"]
+
+FORMAT = "compactcl.artifact/1"
+_BLOBS = ("u8", "f16", "f32")
+_NP = {"u8": np.uint8, "f16": np.float16, "f32": np.float32}
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in _BLOBS}
+
+    def put(self, blob: str, a: np.ndarray) -> None:
+        self.parts[blob].append(np.ascontiguousarray(a, dtype=_NP[blob]).reshape(-1))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.concatenate(v)) for k, v in self.parts.items() if v and sum(a.size for a in v)}
+
+
+class _Reader:
+    def __init__(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        self.data = {k: tensors[k].numpy() if k in tensors else np.zeros(0, _NP[k]) for k in _BLOBS}
+        self.pos = {k: 0 for k in _BLOBS}
+        self.source = source
+
+    def take(self, blob: str, n: int) -> np.ndarray:
+        start = self.pos[blob]
+        if start + n > self.data[blob].size:
+            raise CompactCLError(f"{self.source}: the {blob} data ends early; the file is truncated or was "
+                                 "written by another version. Re-export it.")
+        self.pos[blob] = start + n
+        return self.data[blob][start: start + n]
+
+    def check_done(self) -> None:
+        left = {k: self.data[k].size - self.pos[k] for k in _BLOBS if self.data[k].size != self.pos[k]}
+        if left:
+            raise CompactCLError(f"{self.source}: {left} values left unread; the header does not match the data.")
+
+
+def _float_blob(t: torch.Tensor, half: bool) -> str:
+    if half:
+        return "f16"
+    return "f16" if bool(torch.isfinite(t).all()) and torch.equal(t.half().float(), t) else "f32"
+
+
+def _sparse_wins(n: int, nnz: int, item_bits: int) -> bool:
+    return (n + 7) // 8 + packed_nbytes(nnz, item_bits) < packed_nbytes(n, item_bits)
+
+
+def _write_quant(wr: _Writer, name: str, w: torch.Tensor, wq: WeightQuant) -> dict[str, Any]:
+    codes = wq.encode(w)
+    mask = w != 0
+    dense_exact = torch.equal(wq.decode(codes), w)
+    if not torch.equal(wq.decode(codes, mask), w):
+        raise CompactCLError(f"layer {name!r}: its weights are no longer on its {wq.method} quantization grid "
+                             "(changed after quantize_); quantize the model again before saving.")
+    sparse = not dense_exact or _sparse_wins(w.numel(), int(mask.sum()), wq.bits)
+    entry: dict[str, Any] = {"shape": list(w.shape), "enc": wq.method, "bits": wq.bits}
+    if sparse:
+        entry["sparse"] = 1
+        wr.put("u8", pack_mask(mask.numpy()))
+        wr.put("u8", pack_bits(codes[mask].numpy(), wq.bits))
+    else:
+        wr.put("u8", pack_bits(codes.numpy(), wq.bits))
+    if wq.axis is not None:
+        entry["axis"] = wq.axis
+    if wq.method == "linear":
+        symmetric = bool(wq.options.get("symmetric", True))
+        entry["sym"] = int(symmetric)
+        wr.put("f32", wq.params["scale"].numpy())
+        if not symmetric:
+            wr.put("u8", wq.params["zero_point"].numpy())  # affine range is [0, 2**bits)
+    elif wq.method == "log":
+        entry["levels"] = int(wq.options["levels"])
+        wr.put("u8", (wq.params["emax"].numpy().astype(np.int16) + 128).astype(np.uint8))
+    elif wq.method == "kmeans":
+        if wq.options.get("zero_code") is not None:
+            entry["zc"] = int(wq.options["zero_code"])
+        wr.put("f32", wq.params["codebook"].numpy())
+    return entry
+
+
+def _read_quant(rd: _Reader, entry: dict[str, Any]) -> tuple[torch.Tensor, WeightQuant]:
+    shape, bits, method = tuple(entry["shape"]), int(entry["bits"]), entry["enc"]
+    n = int(np.prod(shape)) if shape else 1
+    mask = None
+    if entry.get("sparse"):
+        mask_np = unpack_mask(rd.take("u8", (n + 7) // 8), n)
+        nnz = int(mask_np.sum())
+        codes_np = np.zeros(n, np.uint8)
+        codes_np[mask_np] = unpack_bits(rd.take("u8", packed_nbytes(nnz, bits)), bits, nnz)
+        mask = torch.from_numpy(mask_np).reshape(shape)
+    else:
+        codes_np = unpack_bits(rd.take("u8", packed_nbytes(n, bits)), bits, n)
+    axis = entry.get("axis")
+    channels = shape[axis] if axis is not None else 1
+    if method == "linear":
+        scale = torch.from_numpy(rd.take("f32", channels).copy())
+        sym = bool(entry.get("sym", 1))
+        zp = (torch.from_numpy(rd.take("u8", channels).astype(np.int32)) if not sym
+              else torch.zeros(channels, dtype=torch.int32))
+        if axis is None:
+            scale, zp = scale.reshape(()), zp.reshape(())
+        wq = WeightQuant("linear", bits, {"scale": scale, "zero_point": zp}, axis, {"symmetric": sym})
+    elif method == "log":
+        emax = torch.from_numpy(rd.take("u8", channels).astype(np.int32) - 128)
+        wq = WeightQuant("log", bits, {"emax": emax if axis is not None else emax.reshape(())}, axis,
+                         {"levels": int(entry["levels"])})
+    elif method == "kmeans":
+        codebook = torch.from_numpy(rd.take("f32", 2 ** bits).copy())
+        wq = WeightQuant("kmeans", bits, {"codebook": codebook}, None, {"zero_code": entry.get("zc")})
+    else:
+        raise CompactCLError(f"{rd.source}: unknown weight encoding {method!r}; upgrade compactcl to read it.")
+    codes = torch.from_numpy(codes_np.astype(np.int64)).reshape(shape)
+    return wq.decode(codes, mask), wq
+
+
+def _write_float(wr: _Writer, t: torch.Tensor, half: bool) -> dict[str, Any]:
+    blob = _float_blob(t, half)
+    entry: dict[str, Any] = {"shape": list(t.shape), "dt": blob}
+    flat = t.reshape(-1).numpy()
+    item_bits = 16 if blob == "f16" else 32
+    mask = flat != 0
+    if t.numel() >= 64 and _sparse_wins(flat.size, int(mask.sum()), item_bits):
+        entry["sparse"] = 1
+        wr.put("u8", pack_mask(mask))
+        wr.put(blob, flat[mask])
+    else:
+        wr.put(blob, flat)
+    return entry
+
+
+def _read_float(rd: _Reader, entry: dict[str, Any]) -> torch.Tensor:
+    shape = tuple(entry["shape"])
+    n = int(np.prod(shape)) if shape else 1
+    blob = entry["dt"]
+    if entry.get("sparse"):
+        mask = unpack_mask(rd.take("u8", (n + 7) // 8), n)
+        flat = np.zeros(n, np.float32)
+        flat[mask] = rd.take(blob, int(mask.sum()))
+    else:
+        flat = rd.take(blob, n).astype(np.float32)
+    return torch.from_numpy(flat).reshape(shape)
+
+
+def pack_artifact(model: nn.Module, meta: dict[str, Any] | None = None, half: bool = False) -> bytes:
+    """The artifact's bytes (what :func:`save_artifact` writes).
+
+    ``half=True`` also stores unquantized float weights in fp16 (lossy for them; quantized
+    weights and fp16-exact tensors are always stored exactly).
+    """
+    if not hasattr(model, "spec"):
+        raise CompactCLError(f"{type(model).__name__} has no .spec; pack compactcl models "
+                             "(IncrementalNet/DERNet) or wrap yours with compactcl.from_module().")
+    owners = {f"{name}.weight" if name else "weight": m for name, m in model.named_modules()
+              if get_weight_quant(m) is not None}
+    wr = _Writer()
+    layers: dict[str, dict[str, dict[str, Any]]] = {}  # module -> tensor -> encoding (keeps the header short)
+    for key, t in model.state_dict().items():
+        t = t.detach().cpu()
+        module, _, leaf = key.rpartition(".")
+        entries = layers.setdefault(module, {})
+        if key in owners:
+            entries[leaf] = _write_quant(wr, module, t.float(), get_weight_quant(owners[key]))
+        elif t.is_floating_point():
+            entries[leaf] = _write_float(wr, t.float(), half)
+        elif t.numel() <= 16:
+            entries[leaf] = {"shape": list(t.shape), "int": t.reshape(-1).tolist()}
+            if t.dtype != torch.int64:
+                entries[leaf]["dtype"] = str(t.dtype)[6:]
+        else:
+            raise CompactCLError(f"tensor {key!r} ({t.dtype}, {t.numel()} values) has no artifact encoding")
+    tensors = wr.tensors()
+    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "sha256": tensor_digest(tensors),
+              "layers": layers}
+    return st_save(tensors, metadata={"compactcl": json.dumps(header, separators=(",", ":"))})
+
+
+def artifact_nbytes(model: nn.Module, meta: dict[str, Any] | None = None) -> int:
+    """Size in bytes the artifact of ``model`` would have on disk (nothing written)."""
+    return len(pack_artifact(model, meta))
+
+
+def save_artifact(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None,
+                  half: bool = False) -> int:
+    """Write the packed artifact atomically; return its size on disk (``os.stat``)."""
+    atomic_write_bytes(path, pack_artifact(model, meta, half))
+    return Path(path).stat().st_size
+
+
+def load_artifact(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the model of a ``.ccl`` file (eval mode); quantized layers get their ``weight_quant`` back."""
+    path = Path(path)
+    header = read_header(path)
+    if header.get("format") != FORMAT:
+        raise CompactCLError(f"{path} has format {header.get('format')!r}, not {FORMAT}; use compactcl.load().")
+    try:
+        tensors = st_load(path.read_bytes())
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
+    if tensor_digest(tensors) != header.get("sha256"):
+        raise CompactCLError(f"{path}: checksum mismatch, the artifact was changed or corrupted after saving; "
+                             "export it again from its run folder.")
+    rd = _Reader(tensors, str(path))
+    state: dict[str, torch.Tensor] = {}
+    grids: dict[str, WeightQuant] = {}
+    items = [(f"{module}.{leaf}" if module else leaf, e) for module, es in header["layers"].items()
+             for leaf, e in es.items()]
+    for key, entry in items:
+        if "enc" in entry:
+            state[key], grids[key.rpartition(".")[0]] = _read_quant(rd, entry)
+        elif "int" in entry:
+            state[key] = torch.tensor(entry["int"], dtype=getattr(torch, entry.get("dtype", "int64"))).reshape(
+                entry["shape"])
+        else:
+            state[key] = _read_float(rd, entry)
+    rd.check_done()
+    model = model_from_state(header["spec"], state, str(path))
+    for name, wq in grids.items():
+        set_weight_quant(model.get_submodule(name), wq)
+    return model

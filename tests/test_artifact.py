@@ -1,0 +1,133 @@
+"""Packed .ccl artifacts: exact reload, real sizes, sparse storage, integrity."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import compactcl
+from compactcl.compress.quantize import KMeansQuantConfig, LinearQuantConfig, LogQuantConfig, quantize_, quantized_layers
+from compactcl.errors import CompactCLError
+from compactcl.export.artifact import FORMAT, artifact_nbytes, load_artifact, save_artifact
+from compactcl.models import IncrementalNet
+from compactcl.models.checkpoint import model_from_state
+
+CONFIGS = [LinearQuantConfig(bits=8), LinearQuantConfig(bits=4, per_channel=False),
+           LinearQuantConfig(bits=3, symmetric=False), LogQuantConfig(bits=4), LogQuantConfig(bits=3, per_channel=True),
+           KMeansQuantConfig(bits=4), KMeansQuantConfig(bits=2, init="density")]
+
+
+def _net(backbone="cnn", kw=None, classes=10):
+    kw = kw if kw is not None else ({"width": 8} if backbone == "cnn" else {"hidden": [64]})
+    net = IncrementalNet(backbone, 1, 8, num_classes=classes, backbone_kwargs=kw)
+    net.train()
+    net(torch.randn(32, 1, 8, 8))  # non-trivial batch-norm statistics
+    return net.eval()
+
+
+def _header(path):
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["compactcl"])
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.method}{c.bits}")
+def test_roundtrip_exact_logits(tmp_path, cfg):
+    net = quantize_(_net(), cfg)
+    path = tmp_path / "m.ccl"
+    n = save_artifact(net, path, meta={"note": "t"})
+    assert n == os.stat(path).st_size == artifact_nbytes(net, {"note": "t"})
+    loaded = load_artifact(path)
+    x = torch.randn(16, 1, 8, 8)
+    assert torch.equal(loaded(x), net(x))
+    assert set(quantized_layers(loaded)) == set(quantized_layers(net))
+    h = _header(path)
+    assert h["format"] == FORMAT and h["spec"] == net.spec and h["meta"] == {"note": "t"}
+    assert h["layers"]["head"]["weight"]["enc"] == cfg.method and h["layers"]["head"]["weight"]["bits"] == cfg.bits
+    assert torch.equal(compactcl.load(path)(x), net(x))  # the top-level loader dispatches on the format
+    # saving the reloaded model gives the same bytes
+    assert save_artifact(loaded, tmp_path / "again.ccl", meta={"note": "t"}) == n
+    assert (tmp_path / "again.ccl").read_bytes() == path.read_bytes()
+
+
+def test_codes_take_their_bits(tmp_path):
+    net = _net("mlp", {"hidden": [256]})  # 64*256 + 256*10 weights
+    n_weights = sum(m.weight.numel() for m in (net.backbone.body[1], net.head))
+    fp32 = save_artifact(net, tmp_path / "fp32.ccl")
+    sizes = {b: save_artifact(quantize_(_net("mlp", {"hidden": [256]}), KMeansQuantConfig(bits=b)), tmp_path / f"{b}.ccl")
+             for b in (2, 4, 8)}
+    for b, size in sizes.items():
+        payload = n_weights * b / 8 + 2 * 4 * 2 ** b  # codes + two fp32 codebooks
+        assert payload <= size <= payload + 1500, (b, size)  # + fp16 biases (532 B) and the header
+    assert fp32 >= 4 * n_weights
+    assert sizes[4] < 0.15 * fp32
+
+
+def test_sparse_weights_stored_compactly(tmp_path):
+    def pruned():
+        net = _net("mlp", {"hidden": [256]})
+        with torch.no_grad():
+            for m in (net.backbone.body[1], net.head):
+                thr = m.weight.abs().flatten().kthvalue(int(0.9 * m.weight.numel())).values
+                m.weight[m.weight.abs() <= thr] = 0  # 90% zeros
+        return net
+    dense = _net("mlp", {"hidden": [256]})
+    x = torch.randn(8, 1, 8, 8)
+    for cfg in (None, LinearQuantConfig(bits=8), KMeansQuantConfig(bits=4), LogQuantConfig(bits=4)):
+        a, b = pruned(), dense
+        if cfg is not None:
+            a, b = quantize_(a, cfg), quantize_(_net("mlp", {"hidden": [256]}), cfg)
+        sa = save_artifact(a, tmp_path / "sparse.ccl")
+        sb = save_artifact(b, tmp_path / "dense.ccl")
+        assert sa < 0.45 * sb, (cfg, sa, sb)  # mask (1 bit) + 10% of the codes vs all codes
+        loaded = load_artifact(tmp_path / "sparse.ccl")
+        assert torch.equal(loaded(x), a(x))
+        assert int((loaded.backbone.body[1].weight == 0).sum()) == int((a.backbone.body[1].weight == 0).sum())
+        assert _header(tmp_path / "sparse.ccl")["layers"]["backbone.body.1"]["weight"].get("sparse") == 1
+
+
+def test_fp32_model_packs_exactly_and_half_option(tmp_path):
+    net = _net()
+    n = save_artifact(net, tmp_path / "f.ccl")
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(load_artifact(tmp_path / "f.ccl")(x), net(x))
+    h = save_artifact(net, tmp_path / "h.ccl", half=True)
+    assert h < 0.56 * n
+    assert torch.allclose(load_artifact(tmp_path / "h.ccl")(x), net(x), atol=1e-2)
+
+
+def test_structurally_pruned_layers_reload(tmp_path):
+    small = _net("mlp", {"hidden": [24]})
+    net = model_from_state(_net("mlp", {"hidden": [64]}).spec, small.state_dict())  # spec says 64, weights 24
+    assert net.backbone.body[1].out_features == 24
+    quantize_(net, LogQuantConfig(bits=4))
+    save_artifact(net, tmp_path / "p.ccl")
+    loaded = load_artifact(tmp_path / "p.ccl")
+    x = torch.randn(4, 1, 8, 8)
+    assert loaded.backbone.body[1].out_features == 24 and torch.equal(loaded(x), net(x))
+
+
+def test_corruption_and_off_grid_weights_fail_loudly(tmp_path):
+    net = quantize_(_net(), LinearQuantConfig(bits=4))
+    path = tmp_path / "m.ccl"
+    save_artifact(net, path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "bad.ccl").write_bytes(bytes(data))
+    with pytest.raises(CompactCLError, match="checksum"):
+        load_artifact(tmp_path / "bad.ccl")
+    (tmp_path / "cut.ccl").write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CompactCLError):
+        load_artifact(tmp_path / "cut.ccl")
+    with torch.no_grad():
+        net.head.weight.add_(1e-3)
+    with pytest.raises(CompactCLError, match="grid"):
+        save_artifact(net, tmp_path / "off.ccl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ccl", "cut.ccl", "m.ccl"]  # no temp files left
+
+
+def test_empty_head_packs(tmp_path):
+    net = _net(classes=0)
+    save_artifact(quantize_(net, LinearQuantConfig(bits=8)), tmp_path / "e.ccl")
+    assert load_artifact(tmp_path / "e.ccl").num_classes == 0

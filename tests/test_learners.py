@@ -1,0 +1,70 @@
+"""Every learner on a 3-task digits stream, a few epochs: bounded claims, seconds each."""
+
+import pytest
+import torch
+
+from compactcl.data import ExemplarMemory, class_incremental
+from compactcl.learners import LEARNERS, LearnerState, TrainConfig, accuracy, create_learner
+from compactcl.models import DERNet, IncrementalNet
+
+
+def run_stream(digits, name, epochs=6, **opts):
+    torch.manual_seed(0)
+    stream = class_incremental(digits, tasks=3, classes_per_task=2, seed=0)
+    cls = DERNet if LEARNERS[name].grows_branches else IncrementalNet
+    model = cls("mlp", 1, 8, 0, {"hidden": [64]})
+    state = LearnerState(model, ExemplarMemory(60), TrainConfig(epochs=epochs, lr=0.05, batch_size=32))
+    learner = create_learner(name, **opts)
+    sizes = []
+    for task in stream:
+        state = learner.fit_task(state, task)
+        sizes.append(sum(p.numel() for p in state.model.parameters()))
+    accs = [accuracy(state.model, t.test, state.means()) for t in stream]
+    return accs, sizes, state
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_every_learner_learns_the_last_task(digits, name):
+    accs, sizes, state = run_stream(digits, name)
+    assert state.model.num_classes == 6
+    assert accs[-1] > 0.5, accs
+
+
+def test_finetune_forgets_and_replay_learners_remember(digits):
+    ft, _, _ = run_stream(digits, "finetune")
+    icarl, _, _ = run_stream(digits, "icarl")
+    joint, _, _ = run_stream(digits, "joint")
+    assert sum(ft[:2]) / 2 < 0.3  # catastrophic forgetting of old tasks
+    assert sum(icarl[:2]) / 2 > 0.8
+    assert sum(joint) / 3 > 0.9
+
+
+def test_der_grows_and_icarl_nme_classifies(digits):
+    _, sizes, state = run_stream(digits, "der")
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert state.model.aux_head is None  # dropped after each task
+    accs, _, state = run_stream(digits, "icarl", nme=True)
+    assert state.classifier == "nme" and sum(accs) / 3 > 0.8
+
+
+def test_unknown_learner_and_option():
+    from compactcl import CompactCLError
+
+    with pytest.raises(CompactCLError, match="choose one of"):
+        create_learner("ewc")
+    with pytest.raises(CompactCLError, match="does not take"):
+        create_learner("lwf", gamma=2)
+
+
+def test_diverging_loss_names_the_step(digits):
+    from compactcl import CompactCLError
+
+    with pytest.raises(CompactCLError, match="loss became .* at epoch 0"):
+        run_stream(digits, "finetune", epochs=2) if False else None or _diverge(digits)
+
+
+def _diverge(digits):
+    stream = class_incremental(digits, tasks=1, classes_per_task=10, seed=0)
+    state = LearnerState(IncrementalNet("mlp", 1, 8, 0, {"hidden": [32]}), ExemplarMemory(0),
+                         TrainConfig(epochs=1, lr=1e30, batch_size=32, optimizer="sgd", momentum=0.0))
+    create_learner("finetune").fit_task(state, stream.tasks[0])
