@@ -131,3 +131,18 @@ def test_empty_head_packs(tmp_path):
     net = _net(classes=0)
     save_artifact(quantize_(net, LinearQuantConfig(bits=8)), tmp_path / "e.ccl")
     assert load_artifact(tmp_path / "e.ccl").num_classes == 0
+
+
+def test_der_net_roundtrip(tmp_path):
+    from compactcl.models import DERNet
+
+    net = DERNet("mlp", 1, 8, backbone_kwargs={"hidden": [16]})
+    net.grow(2)
+    net.grow(2)
+    net.end_task()
+    net.eval()
+    quantize_(net, KMeansQuantConfig(bits=3))
+    save_artifact(net, tmp_path / "der.ccl")
+    loaded = load_artifact(tmp_path / "der.ccl")
+    x = torch.randn(4, 1, 8, 8)
+    assert loaded.spec == net.spec and torch.equal(loaded(x), net(x))

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -13,9 +12,18 @@ from compactcl.compress.quantize import LinearQuantConfig, quantize_
 from compactcl.data import class_incremental, load_dataset
 from compactcl.errors import CompactCLError
 from compactcl.export.int8 import quantize_onnx_int8
-from compactcl.export.onnx import export_checked, export_onnx
+from compactcl.export.onnx import export_checked
 from compactcl.learners import TrainConfig, train
 from compactcl.models import IncrementalNet, save_checkpoint
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train several times faster on one thread (no oversubscription on small CPUs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,21 @@ def test_round_to_8_gives_multiples_of_8(tmp_path):
     net = IncrementalNet("cnn", 1, 8, 10, {"width": 32})
     _check_shrinks_and_reloads(net, tmp_path, round_to=8)
     counts = channel_counts(net)
-    assert all(c % 8 == 0 for name, c in counts.items() if name != "head"), counts
+    # 30% of 32 and 64 channels: 22.4 and 44.8 kept -> nearest multiples 24 and 48
+    assert sorted(c for n, c in counts.items() if n != "head") == [24, 24, 48, 48]
+
+
+@pytest.mark.parametrize("backbone", ["resnet20", "mobilenetv2"])
+def test_round_to_8_on_coupled_layers(backbone, tmp_path):
+    net = IncrementalNet(backbone, 1, 8, 10)
+    _check_shrinks_and_reloads(net, tmp_path, round_to=8)
+    assert all(c % 8 == 0 for n, c in channel_counts(net).items() if n != "head")
+
+
+def test_floor_rounding_is_torch_prunings_rule():
+    net = IncrementalNet("cnn", 1, 8, 10, {"width": 32})
+    prune_channels_(net, 0.3, torch.zeros(1, *SHAPE), round_to=8, round_mode="floor")
+    assert sorted(c for n, c in channel_counts(net).items() if n != "head") == [16, 16, 40, 40]
 
 
 @pytest.mark.parametrize("backbone", ["resnet20", "mobilenetv2"])

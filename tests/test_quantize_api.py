@@ -11,6 +11,15 @@ from compactcl.compress.quantize import (QUANTIZERS, KMeansQuantConfig, LinearQu
 from compactcl.errors import CompactCLError
 from compactcl.models import IncrementalNet
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train several times faster on one thread (no oversubscription on small CPUs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def _net(backbone="cnn", **kw):
     kw = kw or ({"width": 8} if backbone == "cnn" else {"hidden": [32]})

@@ -12,13 +12,22 @@ from compactcl.data import class_incremental, load_dataset
 from compactcl.learners import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet, save_checkpoint
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train several times faster on one thread (no oversubscription on small CPUs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
-@pytest.fixture(scope="session")
+
+
+@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     stream = class_incremental(load_dataset("digits"), tasks=1, classes_per_task=10, seed=0, val_fraction=0.1)
     net = IncrementalNet("mlp", 1, 8, 10, backbone_kwargs={"hidden": [64]})
-    train(net, stream.tasks[0].train, lambda m, x, y: F.cross_entropy(m(x), y), TrainConfig(epochs=8, lr=0.05))
+    train(net, stream.tasks[0].train, lambda m, x, y: F.cross_entropy(m(x), y), TrainConfig(epochs=5, lr=0.05))
     meta = {"stream": {"dataset": "digits", "root": None, "tasks": 1, "classes_per_task": 10,
                        "first_task_classes": None, "seed": 0, "val_fraction": 0.1, "class_order": stream.class_order,
                        "dataset_options": {}}, "task": 0}

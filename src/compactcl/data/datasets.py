@@ -19,7 +19,7 @@ import torch
 from ..errors import CompactCLError
 
 __all__ = ["TensorData", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
-           "from_arrays", "DATASETS", "FASHION_MNIST_ROOT"]
+           "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -213,37 +213,80 @@ def mnist(root: str | None = None) -> DatasetSplits:
 
 
 # --- image folders ---------------------------------------------------------------------------
+#
+# Memory bound: files are listed first and the float32 size of the result (4 bytes a value,
+# N x C x S x S) is checked against ``max_in_memory_mb`` *before* anything is decoded. Photos
+# are decoded one at a time into a preallocated uint8 (N, C, S, S) cache (1 byte a value),
+# then standardised chunk by chunk into the float32 result: peak = 5 bytes a value + one
+# decoded photo. Above the limit, :func:`lazy_folder` keeps only file paths and decodes on
+# access (memory = the batch you index), for your own DataLoader.
+
+DEFAULT_MAX_IN_MEMORY_MB = 2048.0
+_CHUNK = 1024  # images standardised at a time: bounds the float temporaries
 
 
 def _class_dirs(base: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _read_folder(base: Path, classes: list[str], size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
-    xs, ys = [], []
+def _list_folder(base: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """Image files and labels of ``base/<class>/*`` in class order; every class must have images."""
+    files, labels = [], []
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (base / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+        found = sorted(p for p in (base / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
             if (base / cls).is_dir() else []
-        if not files:
+        if not found:
             raise CompactCLError(f"class folder {base / cls} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                                  "add images or remove the empty folder")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.float32) / 255.0
-            except OSError as e:
-                raise CompactCLError(f"{f}: not a readable image ({e}); delete or replace it") from e
-            xs.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
-            ys.append(label)
-    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+        files += found
+        labels += [label] * len(found)
+    return files, np.asarray(labels, dtype=np.int64)
 
 
-@register_dataset("folder")
-def folder(root: str | None = None, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2) -> DatasetSplits:
-    """One sub-folder of images per class (``root/<class>/*.png``), or ``root/train`` + ``root/test``."""
+def _decode(path: Path, size: int, channels: int) -> np.ndarray:
+    """One image file -> uint8 (C, size, size), bilinear resize."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        raise CompactCLError(f"{path}: not a readable image ({e}); delete or replace it") from e
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def _decode_all(files: list[Path], size: int, channels: int) -> np.ndarray:
+    out = np.empty((len(files), channels, size, size), dtype=np.uint8)  # (N, C, S, S), 1 byte a value
+    for i, f in enumerate(files):
+        out[i] = _decode(f, size, channels)
+    return out
+
+
+def _uint8_stats(x: np.ndarray) -> tuple[float, float]:
+    """Mean and std of ``x / 255`` over everything, exact (integer sums), chunked (no float copy of x)."""
+    total, squares, n = 0, 0, x.size
+    for i in range(0, len(x), _CHUNK):
+        part = x[i: i + _CHUNK].astype(np.int64)
+        total += int(part.sum())
+        squares += int((part * part).sum())
+    mean = total / n / 255.0
+    var = max(squares / n / 255.0 ** 2 - mean * mean, 0.0)
+    return mean, (var ** 0.5) or 1.0
+
+
+def _to_float(x: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, C, S, S) -> standardised float32 tensor, written chunk by chunk into one buffer."""
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for i in range(0, len(x), _CHUNK):
+        part = torch.from_numpy(x[i: i + _CHUNK]).float().div_(255.0)
+        out[i: i + _CHUNK] = part.sub_(mean).div_(std)
+    return out
+
+
+def _folder_files(root: str | None, test_fraction: float) -> tuple[Path, list[str], list[Path], np.ndarray,
+                                                                   list[Path], np.ndarray]:
+    """(base, classes, train files, train labels, test files, test labels) of an image folder."""
     if not root:
         raise CompactCLError("dataset 'folder' needs data.root: a folder with one sub-folder of images per class")
     base = Path(root).expanduser()
@@ -251,16 +294,127 @@ def folder(root: str | None = None, image_size: int = 32, channels: int = 3, tes
         raise CompactCLError(f"data.root {base} is not a folder; point it at a folder with one sub-folder per class")
     if (base / "train").is_dir() and (base / "test").is_dir():
         classes = [p.name for p in _class_dirs(base / "train")]
-        tx, ty = _read_folder(base / "train", classes, image_size, channels)
-        vx, vy = _read_folder(base / "test", classes, image_size, channels)
-    else:
-        classes = [p.name for p in _class_dirs(base)]
-        if len(classes) < 2:
-            raise CompactCLError(f"{base}: found {len(classes)} class folder(s); need at least two sub-folders of images")
-        x, y = _read_folder(base, classes, image_size, channels)
-        tr, te = _stratified_split(y, test_fraction, seed=0)
-        tx, ty, vx, vy = x[tr], y[tr], x[te], y[te]
-    splits = _standardize(f"folder:{base.name}", tx, ty, vx, vy, classes)
-    splits.normalization.update({"scale": "pixel/255", "resize": [image_size, image_size],
-                                 "channels": channels, "interpolation": "bilinear"})
-    return splits
+        tr_files, tr_y = _list_folder(base / "train", classes)
+        te_files, te_y = _list_folder(base / "test", classes)
+        return base, classes, tr_files, tr_y, te_files, te_y
+    classes = [p.name for p in _class_dirs(base)]
+    if len(classes) < 2:
+        raise CompactCLError(f"{base}: found {len(classes)} class folder(s); need at least two sub-folders of images")
+    files, y = _list_folder(base, classes)
+    tr, te = _stratified_split(y, test_fraction, seed=0)  # split on file names: nothing decoded yet
+    return base, classes, [files[i] for i in tr], y[tr], [files[i] for i in te], y[te]
+
+
+def _folder_normalization(image_size: int, channels: int, mean: float, std: float) -> dict[str, Any]:
+    return {"scale": "pixel/255", "mean": mean, "std": std, "resize": [image_size, image_size],
+            "channels": channels, "interpolation": "bilinear"}
+
+
+@register_dataset("folder")
+def folder(root: str | None = None, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2,
+           max_in_memory_mb: float = DEFAULT_MAX_IN_MEMORY_MB) -> DatasetSplits:
+    """One sub-folder of images per class (``root/<class>/*.png``), or ``root/train`` + ``root/test``.
+
+    Images are resized to ``image_size`` squared, standardised with the training split's mean
+    and std (recorded in ``normalization``) and held in memory as float32. If that would take
+    more than ``max_in_memory_mb``, it refuses before decoding anything, with the fixes.
+    """
+    if channels not in (1, 3):
+        raise CompactCLError(f"data.options.channels must be 1 (grey) or 3 (RGB), got {channels}")
+    base, classes, tr_files, tr_y, te_files, te_y = _folder_files(root, test_fraction)
+    n = len(tr_files) + len(te_files)
+    need_mb = n * channels * image_size * image_size * 4 / 2 ** 20
+    if need_mb > max_in_memory_mb:
+        raise CompactCLError(
+            f"{base}: {n} images at {channels}x{image_size}x{image_size} take {need_mb:.0f} MB as float32, over "
+            f"max_in_memory_mb={max_in_memory_mb:g}. Lower data.options.image_size, raise "
+            "data.options.max_in_memory_mb if you have the memory (loading peaks at 1.25x that), or read the "
+            "images lazily with compactcl.data.datasets.lazy_folder() in your own DataLoader.")
+    tx, vx = _decode_all(tr_files, image_size, channels), _decode_all(te_files, image_size, channels)
+    mean, std = _uint8_stats(tx)
+    train = TensorData(_to_float(tx, mean, std), torch.from_numpy(tr_y))
+    del tx
+    test = TensorData(_to_float(vx, mean, std), torch.from_numpy(te_y))
+    return DatasetSplits(f"folder:{base.name}", train, test, len(classes), classes,
+                         _folder_normalization(image_size, channels, mean, std))
+
+
+class LazyImages:
+    """Image files decoded on access: ``imgs[i]`` -> (C, S, S), ``imgs[idx]`` -> (B, C, S, S) float32.
+
+    Holds only paths and labels (``y``), so memory is the batch you index, whatever the folder
+    size. Standardised exactly like :func:`folder`. For a DataLoader over a folder too big for
+    memory::
+
+        loader = DataLoader(range(len(imgs)), batch_size=64, shuffle=True,
+                            collate_fn=lambda idx: (imgs[idx], imgs.y[idx]))
+    """
+
+    def __init__(self, files: list[Path], labels: np.ndarray, image_size: int, channels: int,
+                 mean: float, std: float):
+        self.files = list(files)
+        self.y = torch.as_tensor(labels, dtype=torch.long)
+        self.image_size, self.channels, self.mean, self.std = image_size, channels, mean, std
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), self.channels, self.image_size, self.image_size)
+
+    def __getitem__(self, index: int | slice | list[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0):
+            return self[[int(index)]][0]
+        picks = range(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index).reshape(-1)
+        if isinstance(picks, torch.Tensor) and picks.dtype == torch.bool:
+            picks = picks.nonzero().flatten()
+        u8 = _decode_all([self.files[int(i)] for i in picks], self.image_size, self.channels)
+        return _to_float(u8, self.mean, self.std)  # (B, C, S, S)
+
+    def materialize(self) -> TensorData:
+        """All images in memory as :class:`TensorData` (what :func:`folder` returns)."""
+        return TensorData(self[:], self.y.clone())
+
+
+def lazy_folder(root: str | None = None, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2,
+                mean: float | None = None, std: float | None = None) -> tuple[LazyImages, LazyImages, dict[str, Any]]:
+    """(train, test, normalization) of an image folder, decoded on access: for folders too big for memory.
+
+    Without ``mean``/``std``, one streaming pass over the training images computes them
+    (memory: one image at a time); the split and the numbers match :func:`folder`.
+    """
+    base, classes, tr_files, tr_y, te_files, te_y = _folder_files(root, test_fraction)
+    if mean is None or std is None:
+        total, squares, count = 0, 0, 0
+        for f in tr_files:
+            a = _decode(f, image_size, channels).astype(np.int64)
+            total, squares, count = total + int(a.sum()), squares + int((a * a).sum()), count + a.size
+        mean = total / count / 255.0
+        std = max(squares / count / 255.0 ** 2 - mean * mean, 0.0) ** 0.5 or 1.0
+    norm = {**_folder_normalization(image_size, channels, mean, std), "classes": classes}
+    return (LazyImages(tr_files, tr_y, image_size, channels, mean, std),
+            LazyImages(te_files, te_y, image_size, channels, mean, std), norm)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 2, flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding + random horizontal flip of a batch (B, C, H, W); returns a new tensor.
+
+    A batch tensor transform, so it plugs into the in-memory training loop (``loss_fn(model,
+    augment_batch(xb, gen), yb)``) without a per-image pipeline. Zero padding is the mean pixel
+    of standardised images. Seeded by ``generator`` (a CPU ``torch.Generator``): same seed, same crops.
+    """
+    b, _, h, w = x.shape
+    out = x
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
+    if flip:
+        mask = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        out = torch.where(mask, out.flip(-1), out)
+    return out.contiguous()

@@ -3,8 +3,7 @@
 Weights int8 per output channel, activations uint8 per tensor (min-max ranges observed on
 the calibration images); the graph is first pre-processed (shape inference + ORT graph
 optimisation, which folds batch norm into the convolutions) so the quantizer sees fused
-Conv/Gemm nodes — without it the int8 model keeps float BN nodes between Q/DQ pairs and
-is slower.
+Conv/Gemm nodes. ``benchmarks/onnx_latency.py`` measures the graph with and without it.
 
 >>> quantize_onnx_int8("model.onnx", "model.int8.onnx", calib_x)  # doctest: +SKIP
 """

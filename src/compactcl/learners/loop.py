@@ -31,6 +31,8 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     progress: bool = False
+    augment: bool = False  # random crop + flip of training batches (data.augment_batch)
+    on_epoch: Callable[[int, float], None] | None = None  # (epoch, mean loss), e.g. a TensorBoard logger
 
 
 def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -55,6 +57,7 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
     epochs = math.ceil(total / steps_per_epoch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if cfg.schedule == "cosine" else None
     gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: augmenting keeps the shuffle
     device = torch.device(cfg.device)
     x_all, y_all = data.x.to(device), data.y.to(device)
     model.train()
@@ -68,7 +71,12 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
             if step >= total:
                 break
             idx = order[i: i + cfg.batch_size]
-            loss = loss_fn(model, x_all[idx], y_all[idx])
+            xb = x_all[idx]
+            if cfg.augment:
+                from ..data.datasets import augment_batch
+
+                xb = augment_batch(xb, aug_gen)
+            loss = loss_fn(model, xb, y_all[idx])
             if not torch.isfinite(loss):
                 raise CompactCLError(f"{desc}: loss became {loss.item()} at epoch {epoch}, step {step}; "
                                      "lower the learning rate (learner.lr) — the last good checkpoint is kept")
@@ -81,6 +89,8 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
             count += len(idx)
             step += 1
         history.append(running / max(count, 1))
+        if cfg.on_epoch is not None:
+            cfg.on_epoch(epoch, history[-1])
         if bar is not None:
             bar.set_postfix(loss=f"{history[-1]:.3f}")
             bar.update(1)

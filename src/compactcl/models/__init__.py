@@ -1,6 +1,8 @@
 from .backbones import BACKBONES, create_backbone, list_backbones, register_backbone
 from .checkpoint import load_checkpoint, save_checkpoint
+from .external import ExternalNet, create_external, from_module, load_weights, model_factory, pretrained_state
 from .net import DERNet, IncrementalNet, create_model
 
 __all__ = ["BACKBONES", "create_backbone", "list_backbones", "register_backbone", "DERNet", "IncrementalNet",
-           "create_model", "load_checkpoint", "save_checkpoint"]
+           "create_model", "load_checkpoint", "save_checkpoint", "ExternalNet", "create_external", "from_module",
+           "load_weights", "model_factory", "pretrained_state"]

@@ -58,7 +58,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
                              "compactcl checkpoint. Re-export it, or point at the run folder's final/ files.") from e
     if "compactcl" not in meta:
         raise CompactCLError(f"{path} is a safetensors file without a compactcl header; "
-                             "load its tensors with safetensors and wrap the model with compactcl.from_module().")
+                             "wrap your model with compactcl.models.from_module() and load the file with "
+                             "compactcl.models.load_weights().")
     try:
         return json.loads(meta["compactcl"])
     except json.JSONDecodeError as e:

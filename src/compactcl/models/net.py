@@ -155,4 +155,8 @@ def create_model(spec: dict[str, Any]) -> nn.Module:
         return IncrementalNet(**spec)
     if kind == "der":
         return DERNet(**spec)
-    raise ValueError(f"unknown model kind {kind!r}; expected 'single' or 'der'")
+    if kind == "external":  # a user model rebuilt by its (marked) factory; see models/external.py
+        from .external import model_from_spec
+
+        return model_from_spec({"kind": kind, **spec})
+    raise ValueError(f"unknown model kind {kind!r}; expected 'single', 'der' or 'external'")

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import CompactCLError
+from .compress import CompressConfig
 
 __all__ = ["Recipe", "load_recipe", "list_recipes", "apply_overrides", "RECIPE_VERSION"]
 
@@ -46,16 +47,21 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: str = "cnn"
+    backbone: str = "cnn"  # a built-in name, or timm:<name> / torchvision:<name> / module:<pkg.mod>:<factory>
     options: dict[str, Any] = Field(default_factory=dict)  # backbone keyword arguments, e.g. width
+    head: str | None = None  # external models: the head's module name (default: timm's, or the last nn.Linear)
+    pretrained: bool = False  # timm/torchvision pretrained weights (their download is the user's choice)
+    weights: str | None = None  # safetensors / state-dict file of features to start from
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
         from ..models.backbones import list_backbones
+        from ..models.external import is_external_name
 
-        if v not in list_backbones():
-            raise ValueError(f"unknown backbone {v!r}; allowed: {', '.join(list_backbones())}")
+        if v not in list_backbones() and not is_external_name(v):
+            raise ValueError(f"unknown backbone {v!r}; allowed: {', '.join(list_backbones())}, "
+                             "timm:<name>, torchvision:<name>, module:<package.module>:<factory>")
         return v
 
 
@@ -72,6 +78,7 @@ class LearnerConfig(_Strict):
     temperature: float = Field(2.0, gt=0)
     distill_weight: float = Field(1.0, ge=0)
     nme: bool = False
+    augment: bool = False  # random crop (pad 2) + horizontal flip of training batches
 
     @field_validator("name")
     @classmethod
@@ -88,6 +95,10 @@ class MemoryConfig(_Strict):
     selection: Literal["herding", "random"] = "herding"
 
 
+class LogConfig(_Strict):
+    tensorboard: bool = False  # event files in RUN/tensorboard/ (pip install 'compactcl[tensorboard]')
+
+
 class ExportConfig(_Strict):
     onnx: bool = False
     int8: bool = False
@@ -102,8 +113,18 @@ class Recipe(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
-    compress: dict[str, Any] | None = None  # compression steps (see the README); none = deployed is working
+    compress: CompressConfig | None = None  # compression steps and budget; none = deployed is working
     export: ExportConfig = Field(default_factory=ExportConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _der_needs_builtin_backbone(self) -> "Recipe":
+        from ..models.external import is_external_name
+
+        if self.learner.name == "der" and is_external_name(self.model.backbone):
+            raise ValueError("learner 'der' grows backbone branches and needs a built-in backbone "
+                             f"(got {self.model.backbone!r}); use icarl/replay/lwf with an external model")
+        return self
 
     @field_validator("version")
     @classmethod

@@ -72,16 +72,24 @@ def stream_meta(recipe: Recipe, stream: Stream) -> dict[str, Any]:
 
 
 def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
+    from ..models.external import create_external, is_external_name, load_weights
+
+    ds, m = stream.dataset, recipe.model
+    if is_external_name(m.backbone):
+        net = create_external(m.backbone, 0, ds.in_channels, m.pretrained, ds.input_size, m.head, m.options)
+        if m.weights:
+            load_weights(net, m.weights, strict=False, exclude_head=True)
+        return net
     cls = DERNet if LEARNERS[recipe.learner.name].grows_branches else IncrementalNet
-    ds = stream.dataset
-    return cls(recipe.model.backbone, ds.in_channels, ds.input_size, 0, recipe.model.options)
+    return cls(m.backbone, ds.in_channels, ds.input_size, 0, m.options)
 
 
 def train_config(recipe: Recipe, device: str, progress: bool) -> TrainConfig:
     lc = recipe.learner
     return TrainConfig(epochs=lc.epochs, iterations=lc.iterations, batch_size=lc.batch_size, lr=lc.lr,
                        optimizer=lc.optimizer, momentum=lc.momentum, weight_decay=lc.weight_decay,
-                       schedule=lc.schedule, device=device, seed=recipe.seed, progress=progress)
+                       schedule=lc.schedule, device=device, seed=recipe.seed, progress=progress,
+                       augment=lc.augment)
 
 
 def identity_deployer(run_dir: Path) -> Deployer:
@@ -170,44 +178,63 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
             state.model = load_checkpoint(last / "working.safetensors").to(device)
             state = _load_state(last / "state.safetensors", state, stream)
             log(f"resuming {out} after task {len(rows) - 1}")
+    if deployer is None and recipe.compress is not None:
+        from .compress import make_deployer
+
+        deployer = make_deployer(recipe.compress, recipe.export.onnx, recipe.export.int8, recipe.seed)
     deploy = deployer or identity_deployer(out)
-    note = "no compress section: deployed = working (fp32 checkpoint)" if deployer is None else "compressed"
+    note = ("no compress section: deployed = working (fp32 checkpoint)" if deployer is None else
+            "deployed = working compressed by the recipe's compress steps into a packed .ccl artifact")
     meta_stream = stream_meta(recipe, stream)
     input_shape = (stream.dataset.in_channels, stream.dataset.input_size, stream.dataset.input_size)
 
+    tb = None
+    if recipe.log.tensorboard:
+        from ..logging.tensorboard import TensorBoardLogger, accuracy_matrix
+
+        tb = TensorBoardLogger(out)
     tasks_bar = _bar(len(stream), len(rows), progress)
-    for task in stream.tasks[len(rows):]:
-        t0 = time.perf_counter()
-        state = learner.fit_task(state, task)
-        seconds = time.perf_counter() - t0
-        task_dir = out / "tasks" / f"{task.index:02d}"
-        meta = {"stream": meta_stream, "task": task.index, "labels": state.seen_labels,
-                "classes": [stream.class_order[i] for i in state.seen_labels], "recipe": recipe.name}
-        working_bytes = save_checkpoint(state.model, task_dir / "working.safetensors", meta)
-        deployed, deployed_path, extra = deploy(state.model, task, {"meta": meta, "stream": stream, "state": state,
-                                                                     "input_shape": input_shape, "dir": task_dir})
-        scores = _score(state.model, deployed, stream.tasks[: task.index + 1], state.means())
-        rows.append({
-            "index": task.index,
-            "classes": task.classes,
-            "accuracy": {"working": scores.working, "deployed": scores.deployed},
-            "bytes": {"fp32": fp32_bytes(state.model), "working_file": working_bytes,
-                      "deployed": deployed_path.stat().st_size},
-            "params": count_params(state.model),
-            "flops": count_flops(state.model, input_shape),
-            "deployed_params": count_params(deployed),
-            "deployed_flops": count_flops(deployed, input_shape),
-            "seconds": seconds,
-            **({"deploy": extra} if extra else {}),
-        })
-        _save_state(task_dir / "state.safetensors", state)
-        _publish_final(out, task_dir, deployed_path)
-        atomic_write_json(metrics_path, _metrics_doc(recipe, stream, rows, "running", note))
+    try:
+        for task in stream.tasks[len(rows):]:
+            if tb is not None:
+                state.train.on_epoch = lambda epoch, loss, t=task.index: tb.log_epoch(t, epoch, loss)
+            t0 = time.perf_counter()
+            state = learner.fit_task(state, task)
+            seconds = time.perf_counter() - t0
+            task_dir = out / "tasks" / f"{task.index:02d}"
+            meta = {"stream": meta_stream, "task": task.index, "labels": state.seen_labels,
+                    "classes": [stream.class_order[i] for i in state.seen_labels], "recipe": recipe.name}
+            working_bytes = save_checkpoint(state.model, task_dir / "working.safetensors", meta)
+            ctx = {"meta": meta, "stream": stream, "state": state, "input_shape": input_shape, "dir": task_dir,
+                   "student_path": out / "tasks" / f"{task.index - 1:02d}" / "student.safetensors"}
+            deployed, deployed_path, extra = deploy(state.model, task, ctx)
+            scores = _score(state.model, deployed, stream.tasks[: task.index + 1], state.means())
+            rows.append({
+                "index": task.index,
+                "classes": task.classes,
+                "accuracy": {"working": scores.working, "deployed": scores.deployed},
+                "bytes": {"fp32": fp32_bytes(state.model), "working_file": working_bytes,
+                          "deployed": deployed_path.stat().st_size},
+                "params": count_params(state.model),
+                "flops": count_flops(state.model, input_shape),
+                "deployed_params": count_params(deployed),
+                "deployed_flops": count_flops(deployed, input_shape),
+                "seconds": seconds,
+                **({"deploy": extra} if extra else {}),
+            })
+            _save_state(task_dir / "state.safetensors", state)
+            _publish_final(out, task_dir, deployed_path)
+            atomic_write_json(metrics_path, _metrics_doc(recipe, stream, rows, "running", note))
+            if tb is not None:
+                tb.log_task(task.index, rows[-1], {w: accuracy_matrix(rows, w) for w in ("working", "deployed")})
+            if tasks_bar is not None:
+                tasks_bar.set_postfix(acc=f"{sum(scores.working) / len(scores.working):.3f}")
+                tasks_bar.update(1)
+    finally:
+        if tb is not None:
+            tb.close()
         if tasks_bar is not None:
-            tasks_bar.set_postfix(acc=f"{sum(scores.working) / len(scores.working):.3f}")
-            tasks_bar.update(1)
-    if tasks_bar is not None:
-        tasks_bar.close()
+            tasks_bar.close()
     doc = _metrics_doc(recipe, stream, rows, "complete", note)
     atomic_write_json(metrics_path, doc)
     return doc

@@ -22,11 +22,12 @@ from torch import nn
 
 from ...errors import CompactCLError
 from . import primitives as P
-from .state import WeightQuant, get_weight_quant, quantized_layers, set_weight_quant
+from .state import WeightQuant, quantized_layers, set_weight_quant
 
 __all__ = ["QuantConfig", "LinearQuantConfig", "LogQuantConfig", "KMeansQuantConfig", "quantize_",
            "register_quantizer", "list_quantizers", "QUANTIZERS", "config_for", "select_layers",
-           "round_side_tensors_", "ActivationFakeQuant", "calibrate_activations_", "remove_activation_quant_"]
+           "round_side_tensors_", "ActivationFakeQuant", "calibrate_activations_", "remove_activation_quant_",
+           "describe"]
 
 LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
 
@@ -299,5 +300,3 @@ def describe(model: nn.Module) -> list[dict[str, Any]]:
     return [{"layer": name, "method": wq.method, "bits": wq.bits,
              "weights": model.get_submodule(name).weight.numel()} for name, wq in quantized_layers(model).items()]
 
-
-__all__ += ["describe", "get_weight_quant"]

@@ -22,7 +22,6 @@ True
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -284,7 +283,3 @@ def assign_codebook(w: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Codes of weights that already are codebook values (exact lookup; ties pick any equal entry)."""
     return _assign(w.detach().float().flatten(), codebook.float()).reshape(w.shape)
 
-
-def bits_for(levels: int) -> int:
-    """Bits needed to index ``levels`` codes."""
-    return max(1, math.ceil(math.log2(max(levels, 2))))

@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 from ...data.datasets import TensorData
 from ...learners.loop import LossFn, TrainConfig, train
 from .api import QuantConfig, quantize_, round_side_tensors_
-from .state import WeightQuant, get_weight_quant, quantized_layers, set_weight_quant
+from .state import WeightQuant, quantized_layers, set_weight_quant
 
 __all__ = ["QATConfig", "qat_", "StraightThrough", "SharedWeights"]
 
@@ -131,11 +131,3 @@ def qat_(model: nn.Module, config: QuantConfig | None, data: TensorData, qat: QA
     model.eval()
     return history
 
-
-def _check(model: nn.Module) -> None:
-    """Every quantized layer still lies on its grid (used by tests)."""
-    for name, wq in quantized_layers(model).items():
-        assert wq.on_grid(model.get_submodule(name).weight), name
-
-
-__all__ += ["get_weight_quant"]

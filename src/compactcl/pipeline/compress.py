@@ -1,0 +1,334 @@
+"""Build the deployed model after every task: distil, prune, quantize (QAT) — to a budget.
+
+The ``compress:`` section of a recipe::
+
+    compress:
+      budget: {fraction_of_backbone: 0.1}     # or bytes: 20000; optional latency_ms (ONNX Runtime)
+      tolerance: 0.01                         # accuracy drop allowed by `auto` choices without a budget
+      steps:
+        - distill: {student: cnn, options: {width: 8}, epochs: 10, temperature: 4, alpha: 0.9}
+        - prune: {method: structured, ratio: 0.3, finetune_epochs: 2}
+        - quantize: {method: kmeans, bits: auto, qat_epochs: 2}
+
+``bits: auto`` searches per-layer bit widths (sensitivity-guided greedy) until the packed
+artifact fits the byte budget; ``ratio: auto`` picks the largest prune ratio whose validation
+drop stays within ``tolerance`` (and whose ONNX latency meets ``latency_ms`` when set). The
+working model is never touched: every step works on a copy. Data: the task's training data
+plus the exemplar memory (what a deployed learner really has); choices use the validation
+splits of the tasks seen so far, never the test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from ..data.datasets import TensorData
+from ..data.stream import Task
+from ..errors import CompactCLError
+from ..learners.loop import TrainConfig, accuracy, train
+
+__all__ = ["CompressConfig", "Budget", "make_deployer", "STEP_TYPES"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(_Strict):
+    bytes: int | None = Field(None, gt=0)  # packed artifact bytes on disk
+    fraction_of_backbone: float | None = Field(None, gt=0)  # of ONE fp32 backbone + head of the working model
+    latency_ms: float | None = Field(None, gt=0)  # ONNX Runtime, batch latency_batch, latency_threads threads
+    latency_batch: int = Field(1, ge=1)
+    latency_threads: int = Field(1, ge=1)
+
+
+class DistillStep(_Strict):
+    student: str = "same"  # a student name (compactcl.compress.distill.list_students) or a backbone
+    options: dict[str, Any] = Field(default_factory=dict)  # student backbone options, e.g. width
+    epochs: int = Field(30, ge=1)  # task data + memory is small: a short schedule under-trains the student
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(32, ge=1)
+    reuse: bool = True  # start from the previous task's student (head grown) — FOSTER-style continuity
+
+
+class PruneStep(_Strict):
+    method: Literal["structured", "magnitude", "l1", "sensitivity"] = "structured"
+    ratio: float | Literal["auto"] = 0.3
+    round_to: int | None = Field(None, ge=1)
+    finetune_epochs: int = Field(2, ge=0)
+    lr: float = Field(0.01, gt=0)
+    choices: list[float] = Field(default_factory=lambda: [0.7, 0.5, 0.3, 0.1])  # tried by ratio: auto
+
+    @model_validator(mode="after")
+    def _ratio_range(self) -> "PruneStep":
+        if self.ratio != "auto" and not 0 <= float(self.ratio) < 1:
+            raise ValueError(f"prune ratio must be in [0, 1) or 'auto', got {self.ratio}")
+        return self
+
+
+class QuantizeStep(_Strict):
+    method: Literal["linear", "log", "kmeans"] = "linear"
+    bits: int | Literal["auto"] = 8
+    per_channel: bool = True
+    qat_epochs: int = Field(2, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    choices: list[int] = Field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
+
+    @model_validator(mode="after")
+    def _bits_range(self) -> "QuantizeStep":
+        if self.bits != "auto" and not 1 <= int(self.bits) <= 8:
+            raise ValueError(f"quantize bits must be 1..8 or 'auto', got {self.bits}")
+        return self
+
+
+STEP_TYPES: dict[str, type[_Strict]] = {"distill": DistillStep, "prune": PruneStep, "quantize": QuantizeStep}
+
+
+class CompressConfig(_Strict):
+    budget: Budget = Field(default_factory=Budget)
+    tolerance: float = Field(0.01, ge=0, le=1)
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _parse_steps(self) -> "CompressConfig":
+        parsed = []
+        for i, item in enumerate(self.steps):
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ValueError(f"steps[{i}] must be a one-key mapping like {{prune: {{...}}}}; "
+                                 f"allowed steps: {', '.join(STEP_TYPES)}")
+            (kind, opts), = item.items()
+            if kind not in STEP_TYPES:
+                raise ValueError(f"steps[{i}]: unknown step {kind!r}; allowed steps: {', '.join(STEP_TYPES)}")
+            cfg = opts if isinstance(opts, BaseModel) else STEP_TYPES[kind].model_validate(opts or {})
+            parsed.append({kind: cfg})
+        kinds = [next(iter(s)) for s in parsed]
+        if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
+            raise ValueError("quantize must be the last step (fine-tuning after it is its qat_epochs)")
+        object.__setattr__(self, "steps", parsed)
+        return self
+
+    def step_list(self) -> list[tuple[str, Any]]:
+        return [next(iter(s.items())) for s in self.steps]
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def kd_train_loss(teacher: nn.Module, temperature: float, alpha: float):
+    """Hard labels + soft targets of the working model (used by every fine-tune here)."""
+    from ..compress.distill.losses import kd_ce_loss
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = teacher(x)
+        return kd_ce_loss(model(x), t, y, temperature, alpha)
+
+    return loss
+
+
+def budget_bytes(budget: Budget, working: nn.Module) -> int | None:
+    """The byte budget: explicit, or a fraction of ONE fp32 backbone with a head for the classes
+    seen — what a single, non-growing model would weigh (DER's working model holds one per task)."""
+    if budget.bytes is not None:
+        return budget.bytes
+    if budget.fraction_of_backbone is None:
+        return None
+    branch = working.branches[0] if hasattr(working, "branches") else working.backbone
+    n_classes = working.num_classes
+    one = sum(p.numel() for p in branch.parameters()) + branch.out_dim * n_classes + n_classes
+    return int(4 * one * budget.fraction_of_backbone)
+
+
+def _seen_val(ctx: dict[str, Any], task: Task) -> TensorData:
+    return TensorData.cat([t.val for t in ctx["stream"].tasks[: task.index + 1]])
+
+
+def make_deployer(config: CompressConfig, export_onnx: bool = False, int8: bool = False, seed: int = 0):
+    """A deployer for :func:`compactcl.pipeline.run.run_recipe`: working model -> deployed artifact."""
+    carried: dict[str, Any] = {}  # the previous task's fp32 student, grown and reused
+
+    def deploy(working: nn.Module, task: Task, ctx: dict[str, Any]) -> tuple[nn.Module, Path, dict[str, Any]]:
+        from ..export.artifact import save_artifact
+
+        teacher = copy.deepcopy(working).eval().requires_grad_(False)
+        state = ctx["state"]
+        data = TensorData.cat([task.train] + ([state.memory.data()] if state.memory.data() is not None else []))
+        val = _seen_val(ctx, task)
+        input_shape = ctx["input_shape"]
+        device = str(next(working.parameters()).device)
+        limit = budget_bytes(config.budget, working)
+        report: dict[str, Any] = {"budget_bytes": limit, "steps": []}
+        model = copy.deepcopy(working)
+        if "student" not in carried and ctx.get("student_path") and Path(ctx["student_path"]).exists():
+            from ..models.checkpoint import load_checkpoint
+
+            carried["student"] = load_checkpoint(ctx["student_path"]).to(device)
+        for kind, step in config.step_list():
+            if kind == "distill":
+                model = _distill(teacher, step, data, carried, device, seed + task.index)
+                carried["student"] = copy.deepcopy(model)
+            elif kind == "prune":
+                model, info = _prune(model, teacher, step, data, val, input_shape, config, device, seed + task.index)
+                report["steps"].append({"prune": info})
+                continue
+            elif kind == "quantize":
+                search_limit = None
+                if limit is not None:  # the search sizes weights only; the file also carries the header
+                    from ..export.artifact import artifact_nbytes
+
+                    search_limit = limit - (artifact_nbytes(model, ctx["meta"]) - artifact_nbytes(model))
+                model, info = _quantize(model, teacher, step, data, val, search_limit, config, device,
+                                        seed + task.index)
+                report["steps"].append({"quantize": info})
+                continue
+            report["steps"].append({kind: {"val_accuracy": accuracy(model, val)}})
+        model.eval()
+        path = ctx["dir"] / "deployed.ccl"
+        nbytes = save_artifact(model, path, ctx["meta"])
+        report.update({"bytes": nbytes, "val_accuracy": accuracy(model, val),
+                       "teacher_val_accuracy": accuracy(teacher, val)})
+        if limit is not None:
+            report["within_budget"] = nbytes <= limit
+            if nbytes > limit:
+                raise CompactCLError(f"task {task.index}: the deployed artifact is {nbytes} bytes, {nbytes - limit} "
+                                     f"({nbytes / limit - 1:.0%}) over the budget of {limit} bytes even after "
+                                     "compression; use a smaller student, a higher prune ratio, fewer bits, or "
+                                     "raise compress.budget")
+        if "student" in carried:
+            from ..models.checkpoint import save_checkpoint
+
+            save_checkpoint(carried["student"], ctx["dir"] / "student.safetensors", ctx["meta"])
+        if export_onnx or config.budget.latency_ms:
+            report["onnx"] = _export(model, ctx, int8, config.budget)
+            if config.budget.latency_ms and report["onnx"]["latency_ms"] > config.budget.latency_ms:
+                raise CompactCLError(f"task {task.index}: deployed latency {report['onnx']['latency_ms']:.3f} ms "
+                                     f"exceeds compress.budget.latency_ms={config.budget.latency_ms}; prune more "
+                                     "(prune ratio) or raise the latency budget")
+        return model, path, report
+
+    return deploy
+
+
+def _distill(teacher: nn.Module, step: DistillStep, data: TensorData, carried: dict[str, Any], device: str,
+             seed: int) -> nn.Module:
+    from ..compress.distill import DistillConfig, create_student, distill
+
+    n = teacher.num_classes
+    prev = carried.get("student") if step.reuse else None
+    if prev is not None and prev.num_classes < n:
+        student = copy.deepcopy(prev)
+        student.grow(n - prev.num_classes)
+    else:
+        torch.manual_seed(seed)
+        student = create_student(step.student, teacher, n, **step.options)
+    cfg = DistillConfig(temperature=step.temperature, alpha=step.alpha, epochs=step.epochs, lr=step.lr,
+                        batch_size=step.batch_size, device=device, seed=seed)
+    return distill(teacher, student.to(device), data, cfg)
+
+
+def _prune(model: nn.Module, teacher: nn.Module, step: PruneStep, data: TensorData, val: TensorData,
+           input_shape: tuple[int, ...], config: CompressConfig, device: str, seed: int) -> tuple[nn.Module, dict]:
+    from ..compress.prune import PruneData, config_for, finalize_, prune_
+
+    def one(ratio: float) -> nn.Module:
+        m = copy.deepcopy(model)
+        if ratio <= 0:
+            return m
+        kwargs = {"round_to": step.round_to} if step.method == "structured" and step.round_to else {}
+        tc = TrainConfig(epochs=step.finetune_epochs or 1, lr=step.lr, device=device, seed=seed)
+        prune_(m, config_for(step.method, ratio, **kwargs),
+               PruneData(input_shape=tuple(input_shape), train=data, val=val, train_cfg=tc))
+        if step.finetune_epochs:
+            train(m, data, kd_train_loss(teacher, 4.0, 0.5), tc, desc="prune finetune")
+        return finalize_(m)
+
+    if step.ratio != "auto":
+        m = one(float(step.ratio))
+        return m, {"ratio": float(step.ratio), "val_accuracy": accuracy(m, val)}
+    base = accuracy(model, val)
+    tried = []
+    for ratio in sorted(step.choices, reverse=True):
+        m = one(ratio)
+        acc = accuracy(m, val)
+        ok = base - acc <= config.tolerance
+        lat = _latency(m, input_shape, config.budget) if config.budget.latency_ms else None
+        if lat is not None:
+            ok = ok and lat <= config.budget.latency_ms
+        tried.append({"ratio": ratio, "val_accuracy": acc, "latency_ms": lat, "ok": ok})
+        if ok:
+            return m, {"ratio": ratio, "val_accuracy": acc, "tried": tried}
+    return model, {"ratio": 0.0, "val_accuracy": base, "tried": tried, "note": "no ratio met the tolerance"}
+
+
+def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
+              limit: int | None, config: CompressConfig, device: str, seed: int) -> tuple[nn.Module, dict]:
+    from ..compress.quantize import QATConfig, config_for, qat_, search_layer_bits, search_model_bits
+
+    extra = {"per_channel": step.per_channel} if step.method in ("linear", "log") else {}
+    info: dict[str, Any] = {"method": step.method}
+    if step.bits == "auto":
+        choices = tuple(b for b in step.choices if not (step.method != "kmeans" and b < 2))
+        if limit is not None:
+            res = search_layer_bits(model, step.method, val, tolerance=None, budget_bytes=limit, choices=choices,
+                                    **extra)
+        else:
+            res = search_model_bits(model, step.method, val, tolerance=config.tolerance, choices=choices, **extra)
+        qcfg = res.config
+        info.update({"bits": res.bits, "search_met": res.met, "search_bytes": res.bytes})
+    else:
+        qcfg = config_for(step.method, int(step.bits), **extra)
+        info["bits"] = int(step.bits)
+    model = model.cpu()
+    if step.qat_epochs:
+        qat_(model, qcfg, data, QATConfig(epochs=step.qat_epochs, lr=step.lr, seed=seed),
+             loss_fn=kd_train_loss(teacher.cpu(), 4.0, 0.5))
+    else:
+        from ..compress.quantize import quantize_
+
+        quantize_(model, qcfg)
+    info["val_accuracy"] = accuracy(model, val)
+    return model.to(device), info
+
+
+def _latency(model: nn.Module, input_shape: tuple[int, ...], budget: Budget) -> float:
+    import tempfile
+
+    from ..export.onnx import export_onnx
+    from ..metrics.latency import onnx_latency_ms
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        export_onnx(copy.deepcopy(model).cpu(), path, input_shape)
+        return onnx_latency_ms(path, input_shape, budget.latency_batch, budget.latency_threads)
+
+
+def _export(model: nn.Module, ctx: dict[str, Any], int8: bool, budget: Budget) -> dict[str, Any]:
+    from ..export.onnx import agreement, export_onnx, onnx_predict
+    from ..metrics.latency import onnx_latency_ms
+
+    input_shape = ctx["input_shape"]
+    task: Task = ctx["stream"].tasks[ctx["meta"]["task"]]
+    test = TensorData.cat([t.test for t in ctx["stream"].tasks[: task.index + 1]])
+    path = ctx["dir"] / "deployed.onnx"
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    nbytes = export_onnx(cpu_model, path, input_shape)
+    with torch.no_grad():
+        ref = cpu_model(test.x)
+    agree = agreement(onnx_predict(path, test.x), ref)
+    if agree < 0.999:
+        raise CompactCLError(f"ONNX export disagrees with PyTorch on {1 - agree:.2%} of the test images "
+                             f"(needs >= 99.9% agreement); the exported graph is wrong — please report it")
+    out = {"bytes": nbytes, "agreement": agree,
+           "latency_ms": onnx_latency_ms(path, input_shape, budget.latency_batch, budget.latency_threads)}
+    if int8:
+        from ..export.int8 import export_int8  # noqa: F401  (wired when the int8 exporter lands)
+    return out
