@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from ..metrics.model_stats import count_flops, count_params, fp32_bytes
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.net import DERNet, IncrementalNet
 from ..utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..utils import distributed as dist
 from .recipe import Recipe
 
 __all__ = ["run_recipe", "build_stream", "resolve_device", "METRICS_SCHEMA", "Deployer"]
@@ -48,16 +50,20 @@ Deployer = Callable[[nn.Module, Task, dict[str, Any]], tuple[nn.Module, Path, di
 
 
 def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CompactCLError(f"device {name!r} asked for, but PyTorch sees no CUDA device; use --device cpu")
-    return name
+    """auto -> cuda or cpu; under torchrun plain cuda -> cuda:LOCAL_RANK (utils.distributed.resolve_device)."""
+    from ..utils.distributed import resolve_device as _resolve
+
+    return _resolve(name)
 
 
 def build_stream(recipe: Recipe) -> Stream:
     d = recipe.data
-    ds = load_dataset(d.dataset, d.root, **d.options)
+    if recipe.seed < 0:
+        raise CompactCLError(f"seed: must be a non-negative integer, got {recipe.seed}")
+    try:
+        ds = load_dataset(d.dataset, d.root, **d.options)
+    except TypeError as e:  # an option the loader does not take
+        raise CompactCLError(f"data.options {d.options} are not options of dataset {d.dataset!r} ({e})") from e
     return class_incremental(ds, d.tasks, d.classes_per_task, d.first_task_classes, recipe.seed, d.val_fraction,
                              d.class_order)
 
@@ -80,8 +86,26 @@ def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
         if m.weights:
             load_weights(net, m.weights, strict=False, exclude_head=True)
         return net
+    _check_model_options(recipe, ds.in_channels, ds.input_size)
     cls = DERNet if LEARNERS[recipe.learner.name].grows_branches else IncrementalNet
     return cls(m.backbone, ds.in_channels, ds.input_size, 0, m.options)
+
+
+def _check_model_options(recipe: Recipe, channels: int, size: int) -> None:
+    """Build the backbone on the meta device (no memory, no RNG draw) and run it once, so bad
+    ``model.options`` fail here with the key's name instead of a deep RuntimeError/TypeError."""
+    m = recipe.model
+    what = f"model.options {m.options} for backbone {m.backbone!r} on {channels}x{size}x{size} images"
+    try:
+        with torch.device("meta"):
+            probe = IncrementalNet(m.backbone, channels, size, 2, m.options)
+            probe(torch.empty(2, channels, size, size))
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, OverflowError, IndexError) as e:
+        raise CompactCLError(f"{what} do not build a model: {type(e).__name__}: {str(e)[:200]}") from e
+    n = sum(p.numel() for p in probe.parameters())
+    if n > 2 ** 30:
+        raise CompactCLError(f"{what} give a model of {n:,} parameters ({4 * n / 2 ** 30:.0f} GiB in fp32); "
+                             "lower them (e.g. model.options.width)")
 
 
 def train_config(recipe: Recipe, device: str, progress: bool) -> TrainConfig:
@@ -89,7 +113,7 @@ def train_config(recipe: Recipe, device: str, progress: bool) -> TrainConfig:
     return TrainConfig(epochs=lc.epochs, iterations=lc.iterations, batch_size=lc.batch_size, lr=lc.lr,
                        optimizer=lc.optimizer, momentum=lc.momentum, weight_decay=lc.weight_decay,
                        schedule=lc.schedule, device=device, seed=recipe.seed, progress=progress,
-                       augment=lc.augment)
+                       augment=lc.augment, bf16=lc.bf16, channels_last=lc.channels_last, compile=lc.compile)
 
 
 def identity_deployer(run_dir: Path) -> Deployer:
@@ -115,6 +139,8 @@ def _score(model: nn.Module, deployed: nn.Module, tasks: list[Task], means) -> _
 
 def _save_state(path: Path, state: LearnerState) -> None:
     tensors = {**state.memory.state_tensors(), "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # layers grown on a GPU draw from its RNG
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     meta = {"task_index": state.task_index, "seen_labels": state.seen_labels, "classifier": state.classifier}
     atomic_write_bytes(path, st_save(tensors, metadata={"compactcl": json.dumps(meta)}))
 
@@ -122,12 +148,20 @@ def _save_state(path: Path, state: LearnerState) -> None:
 def _load_state(path: Path, state: LearnerState, stream: Stream) -> LearnerState:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["compactcl"])
-    tensors = load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["compactcl"])
+        tensors = load_file(str(path))
+        rng = tensors["rng.torch"]
+    except Exception as e:  # missing, truncated or foreign file: safetensors raises its own types
+        raise CompactCLError(f"cannot resume: {path} is missing or unreadable ({type(e).__name__}: {e}). "
+                             "Start a new --out, or delete this task's row from metrics.json to redo it.") from e
     state.memory.load_state_tensors(tensors)
     state.memory.compute_means(state.model)
-    torch.set_rng_state(tensors["rng.torch"])
+    torch.set_rng_state(rng)
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in tensors))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     state.task_index = meta["task_index"]
     state.seen_labels = meta["seen_labels"]
     state.classifier = meta["classifier"]
@@ -153,7 +187,34 @@ def _metrics_doc(recipe: Recipe, stream: Stream, rows: list[dict[str, Any]], sta
 def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True,
                deployer: Deployer | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``recipe`` into folder ``out`` and return the metrics document (metrics.json)."""
+    if recipe.ladder is not None:
+        from .ladder import run_ladder
+
+        if dist.maybe_init(recipe.device):
+            raise CompactCLError("the ladder recipe runs on one process; launch it without torchrun")
+        return run_ladder(recipe, out, resume=resume, progress=progress, log=log)
     out = Path(out)
+    if dist.maybe_init(recipe.device) and not dist.is_main():
+        return _follow(recipe, out, resume, deployer)
+    return _run(recipe, out, resume, progress, deployer, log)
+
+
+def _follow(recipe: Recipe, out: Path, resume: bool, deployer: Deployer | None) -> dict[str, Any]:
+    """Ranks > 0 under torchrun: the same run, step for step (DDP needs every rank in every
+    training step), but into a private scratch copy of ``out`` that is deleted afterwards —
+    rank 0 alone writes the run folder. Copying ``out`` first makes resume (and the refusal
+    to overwrite a finished run) behave exactly as on rank 0."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"compactcl-rank{dist.rank()}-"))
+    try:
+        if out.is_dir():
+            shutil.copytree(out, scratch, dirs_exist_ok=True)
+        return _run(recipe, scratch, resume, False, deployer, lambda _msg: None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Deployer | None,
+         log: Callable[[str], None]) -> dict[str, Any]:
     recipe_text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
     metrics_path = out / "metrics.json"
     if metrics_path.exists() and not resume:
@@ -164,6 +225,7 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
     device = resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     stream = build_stream(recipe)
+    dist.barrier()  # every rank has checked (and a follower copied) the folder before rank 0 writes to it
     atomic_write_text(out / "recipe.yaml", recipe_text)
 
     lc = recipe.learner
@@ -171,8 +233,15 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
     state = LearnerState(new_model(recipe, stream).to(device), ExemplarMemory(recipe.memory.size,
                          recipe.memory.selection, recipe.seed), train_config(recipe, device, progress))
     rows: list[dict[str, Any]] = []
+    if resume:
+        for stale in out.glob("**/.*.tmp"):  # temp files of a killed writer (never renamed into place)
+            stale.unlink(missing_ok=True)
     if resume and metrics_path.exists():
-        rows = json.loads(metrics_path.read_text())["tasks"]
+        try:
+            rows = json.loads(metrics_path.read_text())["tasks"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CompactCLError(f"cannot resume: {metrics_path} is not a compactcl metrics file ({e}); "
+                                 "start a new --out") from e
         if rows:
             last = out / "tasks" / f"{len(rows) - 1:02d}"
             state.model = load_checkpoint(last / "working.safetensors").to(device)
@@ -237,6 +306,9 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
             tasks_bar.close()
     doc = _metrics_doc(recipe, stream, rows, "complete", note)
     atomic_write_json(metrics_path, doc)
+    from ..report.html import write_report
+
+    write_report(out)
     return doc
 
 
