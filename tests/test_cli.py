@@ -8,7 +8,7 @@ from compactcl import load
 from compactcl.cli.main import main
 
 FAST = ["--set", "data.tasks=2", "--set", "data.classes_per_task=2", "--set", "learner.epochs=2",
-        "--set", "model.options.width=8", "--no-progress"]
+        "--set", "model.options.width=8", "--set", "learner.name=icarl", "--set", "compress=null", "--no-progress"]
 
 
 def test_run_json_prints_summary_and_writes_run_folder(tmp_path, capsys):
@@ -41,7 +41,7 @@ def test_existing_run_is_not_overwritten_and_resume_finishes(tmp_path, capsys):
 def test_resume_from_partial_run_matches_uninterrupted(tmp_path):
     """Stop after task 0 (by running a 1-task prefix), then resume: same accuracies as one go."""
     full, part = tmp_path / "full", tmp_path / "part"
-    args = [*FAST, "--set", "data.tasks=3", "--set", "learner.name=icarl"]
+    args = [*FAST, "--set", "data.tasks=3"]
     assert main(["run", "--out", str(full), *args]) == 0
     assert main(["run", "--out", str(part), *args]) == 0
     doc = json.loads((part / "metrics.json").read_text())
@@ -75,3 +75,25 @@ def test_import_is_light():
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_compressed_run_fits_its_budget_every_task(tmp_path, capsys):
+    """DER grows; the deployed artifact (distilled + k-means, bits searched) stays within budget."""
+    out = tmp_path / "c"
+    args = ["run", "--out", str(out), "--no-progress", "--set", "data.tasks=2", "--set", "data.classes_per_task=3",
+            "--set", "learner.name=der", "--set", "learner.epochs=3", "--set", "model.options.width=8",
+            "--set", "compress.budget.fraction_of_backbone=0.25",
+            "--set", "compress.steps=[{distill: {student: cnn, options: {width: 4}, epochs: 10}}, "
+                     "{quantize: {method: kmeans, bits: auto, qat_epochs: 1}}]"]
+    assert main(args) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    for t in doc["tasks"]:
+        budget = t["deploy"]["budget_bytes"]
+        size = (out / "tasks" / f"{t['index']:02d}" / "deployed.ccl").stat().st_size
+        assert size == t["bytes"]["deployed"] <= budget
+        assert t["deployed_params"] < t["params"]
+    assert doc["tasks"][1]["params"] > doc["tasks"][0]["params"]  # DER grew
+    assert doc["summary"]["deployed"]["final_accuracy"] > 0.6  # 6 digit classes: chance is 1/6
+    deployed = load(out / "final" / "deployed.ccl")
+    assert deployed.num_classes == 6
+    assert (out / "final" / "deployed.onnx").exists() and (out / "report.html").exists()
