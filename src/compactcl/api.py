@@ -14,7 +14,7 @@ from .errors import CompactCLError
 from .models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .models.checkpoint import load_checkpoint, read_header
 
-__all__ = ["load", "resolve_model_path", "checkpoint_data", "ARTIFACT_FORMAT"]
+__all__ = ["load", "resolve_model_path", "checkpoint_data", "check_input", "ARTIFACT_FORMAT"]
 
 ARTIFACT_FORMAT = "compactcl.artifact/1"
 
@@ -52,6 +52,29 @@ def load(path: str | os.PathLike) -> nn.Module:
                          f"{CHECKPOINT_FORMAT} and {ARTIFACT_FORMAT}")
 
 
+def check_input(model: nn.Module | dict[str, Any], x: Any, source: str = "input") -> None:
+    """Raise :class:`CompactCLError` unless ``x`` is a batch (N, C, H, W) of the images ``model`` was built for.
+
+    ``model`` is a compactcl model (its ``spec`` names ``in_channels`` and ``input_size``) or
+    such a spec. A CNN with global pooling would silently accept 28x28 images into a model
+    trained on 8x8 ones and answer nonsense; this says what is wrong instead.
+    """
+    spec = model if isinstance(model, dict) else getattr(model, "spec", None) or {}
+    channels, size = spec.get("in_channels"), spec.get("input_size")
+    shape = tuple(getattr(x, "shape", ()))
+    if channels is None or size is None:
+        return  # the model does not record its input: nothing to check against
+    want = (int(channels), int(size), int(size))
+    if len(shape) == 3 and shape == want:
+        raise CompactCLError(f"{source}: got one image {shape}; pass a batch (N, C, H, W), e.g. x[None]")
+    if len(shape) != 4 or shape[1:] != want:
+        got = "x".join(map(str, shape[1:])) if len(shape) == 4 else f"shape {shape}"
+        raise CompactCLError(f"{source}: images are {got} but the model takes {want[0]}x{want[1]}x{want[2]} "
+                             f"(channels x height x width) batches (N, {want[0]}, {want[1]}, {want[2]}). Resize "
+                             "or convert them the way its training data was prepared (data.options.image_size / "
+                             "channels for folder datasets), or use a model trained at this size.")
+
+
 def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:
     """The data a saved model was trained for, restricted to the classes it knows.
 
@@ -68,6 +91,8 @@ def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:
     stream = class_incremental(ds, stream_meta["tasks"], stream_meta.get("classes_per_task"),
                                stream_meta.get("first_task_classes"), stream_meta["seed"],
                                stream_meta["val_fraction"], stream_meta["class_order"])
+    spec = read_header(path).get("spec") or {}
+    check_input(spec, ds.train.x[:1], f"{path}: its recorded data {stream_meta['dataset']!r}")
     n_tasks = meta["task"] + 1
     parts = {split: TensorData.cat([getattr(t, split) for t in stream.tasks[:n_tasks]])
              for split in ("train", "val", "test")}

@@ -16,6 +16,10 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set learner.epochs=3 (repeatable)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's, auto)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast in training (= --set learner.bf16=true)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels_last memory format for conv models (default: on for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (= --set learner.compile=true)")
     p.add_argument("--resume", action="store_true", help="continue a run folder from its last finished task")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_json_flag(p)
@@ -26,10 +30,15 @@ def run(args) -> int:
     from ..pipeline.run import run_recipe
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    overrides += [f"learner.{k}=true" for k, on in (("bf16", args.bf16), ("channels_last", args.channels_last),
+                                                     ("compile", args.compile)) if on]
     recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out or Path("runs") / recipe.name)
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     doc = run_recipe(recipe, out, resume=args.resume, progress=not args.no_progress and not args.json, log=log)
+    if doc.get("schema") == "compactcl.ladder/1":
+        emit(args, doc["rows"], ladder_table(doc) + f"\n\nrun folder: {out}  (ladder.json, ladder.md)")
+        return 0
     emit(args, doc["summary"], summary_table(doc) + f"\n\nrun folder: {out}  (metrics.json, final/)")
     return 0
 
@@ -46,3 +55,13 @@ def summary_table(doc: dict) -> str:
     summary = [{"model": m, **{k: s[m][k] for k in ("average_incremental_accuracy", "final_accuracy", "forgetting", "bwt")}}
                for m in ("working", "deployed")]
     return format_table(rows) + "\n\n" + format_table(summary)
+
+
+def ladder_table(doc: dict) -> str:
+    """One line per rung of a ladder document (see compactcl.pipeline.ladder)."""
+    rows = [{"stage": r["stage"], "params": r["params"], "flops": r["flops"], "bytes": r["bytes"],
+             "x smaller": r["size_ratio"], "ms b1": r["latency_ms"], "ms b64": r["latency_ms_b64"], "graph": r["onnx"],
+             "accuracy": r["accuracy"], "agreement": r["agreement"]} for r in doc["rows"]]
+    s = doc["summary"]
+    return (format_table(rows) + f"\n\nfinal: {s['size_ratio']:.1f}x smaller, accuracy {s['teacher_accuracy']:.4f} -> "
+            f"{s['final_accuracy']:.4f} ({100 * s['accuracy_drop']:+.2f} points drop)")

@@ -301,7 +301,15 @@ def _folder_files(root: str | None, test_fraction: float) -> tuple[Path, list[st
     if len(classes) < 2:
         raise CompactCLError(f"{base}: found {len(classes)} class folder(s); need at least two sub-folders of images")
     files, y = _list_folder(base, classes)
-    tr, te = _stratified_split(y, test_fraction, seed=0)  # split on file names: nothing decoded yet
+    counts = np.bincount(y, minlength=len(classes))
+    if counts.min() < 2:  # a stratified train/test split needs an image of each class on both sides
+        raise CompactCLError(f"class folder {base / classes[int(counts.argmin())]} holds {counts.min()} image; "
+                             "each class needs at least 2 (one for training, one for testing)")
+    try:
+        tr, te = _stratified_split(y, test_fraction, seed=0)  # split on file names: nothing decoded yet
+    except ValueError as e:  # e.g. a test_fraction that leaves no room for every class
+        raise CompactCLError(f"{base}: cannot split {len(y)} images of {len(classes)} classes into train and "
+                             f"test with test_fraction={test_fraction} ({e}); add images or change it") from e
     return base, classes, [files[i] for i in tr], y[tr], [files[i] for i in te], y[te]
 
 

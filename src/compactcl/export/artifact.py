@@ -243,6 +243,17 @@ def load_artifact(path: str | os.PathLike) -> nn.Module:
     if tensor_digest(tensors) != header.get("sha256"):
         raise CompactCLError(f"{path}: checksum mismatch, the artifact was changed or corrupted after saving; "
                              "export it again from its run folder.")
+    try:
+        return _decode(header, tensors, path)
+    except CompactCLError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError,
+            MemoryError) as e:  # the header is not covered by the checksum: a damaged one fails here
+        raise CompactCLError(f"{path}: its header does not describe its data ({type(e).__name__}: {str(e)[:200]}); "
+                             "the artifact is corrupted or was written by another version. Export it again.") from e
+
+
+def _decode(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> nn.Module:
     rd = _Reader(tensors, str(path))
     state: dict[str, torch.Tensor] = {}
     grids: dict[str, WeightQuant] = {}
@@ -252,8 +263,10 @@ def load_artifact(path: str | os.PathLike) -> nn.Module:
         if "enc" in entry:
             state[key], grids[key.rpartition(".")[0]] = _read_quant(rd, entry)
         elif "int" in entry:
-            state[key] = torch.tensor(entry["int"], dtype=getattr(torch, entry.get("dtype", "int64"))).reshape(
-                entry["shape"])
+            dtype = getattr(torch, entry.get("dtype", "int64"))
+            if not isinstance(dtype, torch.dtype):
+                raise CompactCLError(f"{path}: tensor {key!r} has unknown dtype {entry.get('dtype')!r}")
+            state[key] = torch.tensor(entry["int"], dtype=dtype).reshape(entry["shape"])
         else:
             state[key] = _read_float(rd, entry)
     rd.check_done()

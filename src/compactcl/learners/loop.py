@@ -1,4 +1,24 @@
-"""The thin training loop every learner shares: in-memory tensors, seeded shuffles, one optimiser."""
+"""The thin training loop every learner shares: in-memory tensors, seeded shuffles, one optimiser.
+
+Scale and speed (issue 8), all off the hot path unless asked for:
+
+- **Several processes** (``torchrun --nproc_per_node=N``, see :mod:`compactcl.utils.distributed`):
+  the loss closure runs *inside* PyTorch's ``DistributedDataParallel`` forward, so every learner
+  works unchanged whatever it calls (``model(x)``, DER's ``model.forward_train(x)``, a distiller's
+  student taps). Every rank draws the same seeded permutation and the same global batches
+  (``batch_size`` is the *global* batch); rank r trains on ``batch[r::world]`` and its loss is
+  weighted by ``world * n_r / n_batch``, so DDP's gradient average equals the single-process
+  gradient of the global batch exactly — also for a last batch that does not split evenly.
+  (Batch-norm statistics stay per rank, as usual with DDP: models with batch norm agree with
+  one process within a tolerance, models without it to float rounding.)
+- **CUDA**: the whole training set is copied to the GPU once when it fits
+  (``data_on_device``), otherwise batches go through pinned memory with non-blocking copies;
+  ``bf16`` autocasts forward + loss, ``channels_last`` (default: on for conv models on CUDA)
+  switches memory format, ``compile`` runs the loss step through ``torch.compile``.
+- **No per-step host sync on CUDA**: losses are summed on the device; the NaN/inf check reads
+  the sum every ``nan_check_every`` steps (and at each epoch end) and names the step range.
+  On one CPU process (no sync cost) the check stays per step, before the update.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +31,7 @@ from torch import nn
 
 from ..data.datasets import TensorData
 from ..errors import CompactCLError
+from ..utils import distributed as dist
 
 __all__ = ["TrainConfig", "train", "predict", "accuracy", "LossFn"]
 
@@ -22,7 +43,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 class TrainConfig:
     epochs: int = 10
     iterations: int | None = None  # if set, overrides epochs (the Split-MNIST protocol counts iterations)
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: under torchrun each rank takes batch_size // world of it
     lr: float = 0.05
     optimizer: str = "sgd"  # or "adam"
     momentum: float = 0.9
@@ -33,6 +54,12 @@ class TrainConfig:
     progress: bool = False
     augment: bool = False  # random crop + flip of training batches (data.augment_batch)
     on_epoch: Callable[[int, float], None] | None = None  # (epoch, mean loss), e.g. a TensorBoard logger
+    # speed options (CUDA first; each also runs on CPU)
+    bf16: bool = False  # autocast forward + loss to bfloat16 (fast on recent GPUs; on most CPUs slower)
+    channels_last: bool | None = None  # None: on for conv models on CUDA, off on CPU
+    compile: bool | str = False  # torch.compile the loss step; a string names the backend ("inductor", "eager")
+    nan_check_every: int = 0  # 0: every step on one CPU process, every 50 steps on CUDA / several processes
+    data_on_device: bool | None = None  # None: copy the whole set to the GPU when it fits in half its free memory
 
 
 def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -43,14 +70,47 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Opti
     raise CompactCLError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
 
 
+class _LossStep(nn.Module):
+    """``forward(x, y) = loss_fn(model, x, y)``: the unit DDP and torch.compile wrap.
+
+    Running the whole closure as the forward means DDP sees every use of the model's
+    parameters, however the closure reaches them (``model(x)``, ``forward_train``, hooks).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, x, y)
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _fits_on_device(data: TensorData, device: torch.device) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return (data.x.numel() * data.x.element_size() + data.y.numel() * data.y.element_size()) <= free // 2
+
+
 def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig, desc: str = "train") -> list[float]:
     """Train ``model`` on ``data`` in place; return the mean loss of each epoch.
 
-    Raises :class:`CompactCLError` naming the step if the loss becomes NaN or infinite.
+    Raises :class:`CompactCLError` naming the epoch and step (or step range, when the check is
+    batched) if the loss becomes NaN or infinite.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or len(data) == 0:
         return []
+    device = torch.device(dist.resolve_device(cfg.device))
+    cuda = device.type == "cuda"
+    world, rank = (dist.world_size(), dist.rank()) if dist.is_distributed() else (1, 0)
+    channels_last = (cuda if cfg.channels_last is None else cfg.channels_last) and data.x.dim() == 4 \
+        and _has_conv(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = _optimizer(params, cfg)
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
     total = cfg.iterations or cfg.epochs * steps_per_epoch
@@ -58,46 +118,127 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if cfg.schedule == "cosine" else None
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: augmenting keeps the shuffle
-    device = torch.device(cfg.device)
-    x_all, y_all = data.x.to(device), data.y.to(device)
+    on_device = not cuda or (cfg.data_on_device if cfg.data_on_device is not None else _fits_on_device(data, device))
+    if on_device:
+        x_all, y_all = data.x.to(device), data.y.to(device)
+    else:  # too big for the GPU: batches are gathered on the host, pinned, copied without blocking
+        x_all, y_all = data.x, data.y
+    if channels_last and on_device:
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
+
+    step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    if world > 1 or cfg.compile:
+        unit: nn.Module = _LossStep(model, loss_fn)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # static_graph: the set of parameters a closure uses is fixed within one train() call
+            # (DER's frozen branches have requires_grad False; an unused trainable parameter is allowed).
+            unit = DDP(unit, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+                       if cuda else None, static_graph=True)
+        if cfg.compile:
+            backend = cfg.compile if isinstance(cfg.compile, str) else "inductor"
+            unit = torch.compile(unit, backend=backend)
+        step_fn = unit
+    else:
+        def step_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return loss_fn(model, x, y)
+
+    every = cfg.nan_check_every or (1 if device.type == "cpu" and world == 1 else 50)
+    per_step_check = every == 1 and world == 1  # checked before the update, the model stays good
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else None
+    acc_dtype = torch.float64 if device.type in ("cpu", "cuda") else torch.float32
     model.train()
     history: list[float] = []
     step = 0
-    bar = _progress(epochs, desc, cfg.progress)
-    for epoch in range(epochs):
-        order = torch.randperm(len(data), generator=gen).to(device)
-        running, count = 0.0, 0
-        for i in range(0, len(data), cfg.batch_size):
-            if step >= total:
-                break
-            idx = order[i: i + cfg.batch_size]
-            xb = x_all[idx]
-            if cfg.augment:
-                from ..data.datasets import augment_batch
+    bar = _progress(epochs, desc, cfg.progress and dist.is_main())
+    try:
+        for epoch in range(epochs):
+            order = torch.randperm(len(data), generator=gen)
+            if on_device:
+                order = order.to(device, non_blocking=True)
+            running = torch.zeros((), dtype=acc_dtype, device=device)
+            window = torch.zeros((), dtype=acc_dtype, device=device)
+            window_start, count = step, 0
+            for i in range(0, len(data), cfg.batch_size):
+                if step >= total:
+                    break
+                idx = order[i: i + cfg.batch_size]
+                n_global = len(idx)
+                weight = 1.0
+                if world > 1:
+                    local = idx[rank::world]
+                    weight = world * len(local) / n_global
+                    if len(local) == 0:  # a last batch smaller than the world: take part, contribute nothing
+                        local = idx[:1]
+                    idx = local
+                n = len(idx) if weight else 0
+                if on_device:
+                    xb, yb = x_all[idx], y_all[idx]
+                else:
+                    xb = x_all[idx].pin_memory().to(device, non_blocking=True)
+                    yb = y_all[idx].pin_memory().to(device, non_blocking=True)
+                    if channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                if cfg.augment:
+                    from ..data.datasets import augment_batch
 
-                xb = augment_batch(xb, aug_gen)
-            loss = loss_fn(model, xb, y_all[idx])
-            if not torch.isfinite(loss):
-                raise CompactCLError(f"{desc}: loss became {loss.item()} at epoch {epoch}, step {step}; "
-                                     "lower the learning rate (learner.lr) — the last good checkpoint is kept")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            running += loss.item() * len(idx)
-            count += len(idx)
-            step += 1
-        history.append(running / max(count, 1))
-        if cfg.on_epoch is not None:
-            cfg.on_epoch(epoch, history[-1])
+                    xb = augment_batch(xb, aug_gen)
+                if autocast is not None:
+                    with autocast:
+                        loss = step_fn(xb, yb)
+                else:
+                    loss = step_fn(xb, yb)
+                if per_step_check and not torch.isfinite(loss):
+                    raise CompactCLError(f"{desc}: loss became {loss.item()} at epoch {epoch}, step {step}; "
+                                         "lower the learning rate (learner.lr) — the last good checkpoint is kept")
+                opt.zero_grad(set_to_none=True)
+                (loss * weight if weight != 1.0 else loss).backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                lv = loss.detach().to(acc_dtype)
+                running += lv * n
+                count += n
+                step += 1
+                if not per_step_check:
+                    window += lv * (1 if n else 0)
+                    last = step >= total or i + cfg.batch_size >= len(data)
+                    if step % every == 0 or last:
+                        _check_window(window, desc, epoch, window_start, step - 1)
+                        window.zero_()
+                        window_start = step
+            history.append(_epoch_mean(running, count))
+            if cfg.on_epoch is not None:
+                cfg.on_epoch(epoch, history[-1])
+            if bar is not None:
+                bar.set_postfix(loss=f"{history[-1]:.3f}")
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.set_postfix(loss=f"{history[-1]:.3f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
+        if channels_last:  # checkpoints (safetensors) want contiguous tensors
+            model.to(memory_format=torch.contiguous_format)
+    dist.broadcast_module(model)  # batch-norm statistics differ per rank: every rank keeps rank 0's model
     model.eval()
     return history
+
+
+def _check_window(window: torch.Tensor, desc: str, epoch: int, first: int, last: int) -> None:
+    """One host sync for a window of steps; under DDP the sum is reduced so every rank raises together."""
+    total = dist.all_reduce_sum(window.clone()) if dist.is_distributed() else window
+    if not bool(torch.isfinite(total)):
+        where = f"step {last}" if first == last else f"one of steps {first}..{last}"
+        raise CompactCLError(f"{desc}: loss became {float(total)} at epoch {epoch}, {where}; "
+                             "lower the learning rate (learner.lr) — the last good checkpoint is kept")
+
+
+def _epoch_mean(running: torch.Tensor, count: int) -> float:
+    if dist.is_distributed():
+        both = torch.stack([running, torch.tensor(float(count), dtype=running.dtype, device=running.device)])
+        dist.all_reduce_sum(both)
+        running, count = both[0], int(both[1])
+    return float(running) / max(count, 1)
 
 
 def _progress(total: int, desc: str, enabled: bool):

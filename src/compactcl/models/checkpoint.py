@@ -61,9 +61,12 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
                              "wrap your model with compactcl.models.from_module() and load the file with "
                              "compactcl.models.load_weights().")
     try:
-        return json.loads(meta["compactcl"])
-    except json.JSONDecodeError as e:
+        header = json.loads(meta["compactcl"])
+    except (json.JSONDecodeError, RecursionError) as e:
         raise CompactCLError(f"{path}: its compactcl header is not valid JSON ({e}); the file is corrupted.") from e
+    if not isinstance(header, dict):
+        raise CompactCLError(f"{path}: its compactcl header is not a JSON object; the file is corrupted.")
+    return header
 
 
 def load_tensors_checked(path: str | os.PathLike, header: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -103,9 +106,43 @@ def conform_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
+_MAX_SPEC_GROWTH = 1000  # a spec may build a model this much larger than its saved weights (pruned models)
+_BUILD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError)
+
+
+def _check_spec(spec: Any, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a header whose spec cannot be built, or would build a model far larger than the file's weights.
+
+    Built-in specs are first built on the meta device (no memory), so a crafted header such as
+    ``width: 10**9`` is refused before anything is allocated.
+    """
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+        raise CompactCLError(f"{source}: its header has no valid model spec; the file is corrupted.")
+    if spec["kind"] not in ("single", "der"):
+        return
+    try:
+        with torch.device("meta"):
+            probe = create_model(spec)
+        need = sum(t.numel() for t in probe.state_dict().values())
+    except _BUILD_ERRORS as e:
+        raise CompactCLError(f"{source}: its model spec cannot be built ({type(e).__name__}: {e}); the header is "
+                             "corrupted or was written by another compactcl version.") from e
+    have = sum(t.numel() for t in state.values())
+    if need > 2 ** 24 and need > _MAX_SPEC_GROWTH * max(have, 1):
+        raise CompactCLError(f"{source}: its spec describes a model of {need:,} values but the file holds {have:,}; "
+                             "the header is corrupted or crafted. Refusing to build it.")
+
+
 def model_from_state(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
-    model = conform_to(create_model(spec), state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    _check_spec(spec, state, source)
+    try:
+        model = conform_to(create_model(spec), state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except CompactCLError:
+        raise
+    except _BUILD_ERRORS as e:  # shapes or spec values that the architecture cannot take
+        raise CompactCLError(f"{source}: weights do not fit the model spec ({type(e).__name__}: {str(e)[:300]}); "
+                             "the file is corrupted or was written by another model.") from e
     if missing or unexpected:
         raise CompactCLError(f"{source}: weights do not match the model spec (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}); the file was written by another model.")
@@ -117,4 +154,4 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     header = read_header(path)
     if header.get("format") != FORMAT:
         raise CompactCLError(f"{path} has format {header.get('format')!r}, not a checkpoint; use compactcl.load().")
-    return model_from_state(header["spec"], load_tensors_checked(path, header), str(path))
+    return model_from_state(header.get("spec"), load_tensors_checked(path, header), str(path))

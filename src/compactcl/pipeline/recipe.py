@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import CompactCLError
 from .compress import CompressConfig
+from .ladder import LadderConfig
 
 __all__ = ["Recipe", "load_recipe", "list_recipes", "apply_overrides", "RECIPE_VERSION"]
 
@@ -79,6 +80,9 @@ class LearnerConfig(_Strict):
     distill_weight: float = Field(1.0, ge=0)
     nme: bool = False
     augment: bool = False  # random crop (pad 2) + horizontal flip of training batches
+    bf16: bool = False  # autocast forward + loss to bfloat16 (CUDA; works on CPU, usually slower there)
+    channels_last: bool | None = None  # None: on for conv models on CUDA, off on CPU
+    compile: bool = False  # torch.compile the training step
 
     @field_validator("name")
     @classmethod
@@ -114,6 +118,7 @@ class Recipe(_Strict):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     compress: CompressConfig | None = None  # compression steps and budget; none = deployed is working
+    ladder: LadderConfig | None = None  # the worked ladder (pipeline/ladder.py) instead of the task loop
     export: ExportConfig = Field(default_factory=ExportConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -177,7 +177,7 @@ def _prune_branches(model: nn.Module, branches: nn.ModuleList, example_inputs: t
     dims = [int(b(example_inputs).shape[1]) for b in branches]
     cols, start = [], 0
     for branch, d in zip(branches, dims):
-        part = nn.Linear(d, head.out_features, bias=False)
+        part = nn.Linear(d, head.out_features, bias=False).to(head.weight.device)
         part.weight.copy_(head.weight[:, start: start + d])
         start += d
         wrapper = _BranchWithHead(branch, part)

@@ -61,7 +61,7 @@ def select_masks(scores: Mapping[str, torch.Tensor], ratio: float | Mapping[str,
 
 
 def _keep_flat(flat: torch.Tensor, n_drop: int) -> torch.Tensor:
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
     if n_drop > 0:
         order = torch.argsort(flat, stable=True)
         keep[order[:n_drop]] = False

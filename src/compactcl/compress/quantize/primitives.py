@@ -161,27 +161,28 @@ def quantize_log(w: torch.Tensor, bits: int, emax: torch.Tensor, axis: int | Non
     """
     L = log_levels(bits, levels)
     w = w.detach().float()
-    emax_b = _bcast(emax.to(torch.int32), w, axis)
+    # float32 arithmetic on small integers (exact) throughout: integer `where` is the slow path
+    emax_b = _bcast(emax.to(torch.float32), w, axis)
     emin_b = emax_b - (L - 1)
     a = w.abs()
-    e = _nearest_pow2_exponent(torch.where(a > 0, a, torch.ones_like(a)))
+    mantissa, exponent = torch.frexp(a)  # a = m * 2**exponent, m in [0.5, 1); a = 0 gives exponent 0
+    e = exponent.to(torch.float32) - 1 + (mantissa >= 0.75).to(torch.float32)  # nearest power of two
     e = torch.minimum(torch.maximum(e, emin_b), emax_b)
-    smallest = torch.ldexp(torch.ones_like(a), emin_b.to(torch.float32).expand_as(a))
-    is_zero = a < smallest * 0.5
-    code = (e - emin_b + 1).to(torch.int64) + torch.where(w < 0, L, 0)
-    return torch.where(is_zero, torch.zeros_like(code), code)
+    keep = (a >= torch.exp2(emin_b) * 0.5).to(torch.float32)  # under half the smallest level -> 0
+    code = (e - emin_b + 1 + L * (w < 0).to(torch.float32)) * keep
+    return code.to(torch.int64)
 
 
 def dequantize_log(codes: torch.Tensor, bits: int, emax: torch.Tensor, axis: int | None = None,
                    levels: int | None = None) -> torch.Tensor:
     """Codes -> float32 ``±2**e`` (exact powers of two) or 0."""
     L = log_levels(bits, levels)
-    codes = codes.to(torch.int64)
-    emin_b = _bcast(emax.to(torch.int64), codes, axis) - (L - 1)
-    k = torch.remainder(codes - 1, L)
-    mag = torch.ldexp(torch.ones(codes.shape), (emin_b + k).to(torch.float32).expand(codes.shape))
-    sign = torch.where(codes > L, -1.0, 1.0)
-    return torch.where(codes == 0, torch.zeros(()), sign * mag)
+    c = codes.to(torch.float32)  # small integers: exact in float32, and float ops are the fast path
+    negative = c > L
+    k = c - 1 - L * negative.to(torch.float32)  # 0..L-1 for non-zero codes
+    emin_b = _bcast(emax.to(torch.float32), c, axis) - (L - 1)
+    mag = torch.exp2(emin_b + k)
+    return torch.where(c == 0, torch.zeros(()), torch.where(negative, -mag, mag))
 
 
 def fake_quantize_log(w: torch.Tensor, bits: int, emax: torch.Tensor, axis: int | None = None,

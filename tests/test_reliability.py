@@ -1,0 +1,183 @@
+"""Reliability: a killed run resumes to the exact result of an uninterrupted one; same seed, same numbers.
+
+The kill test runs ``python -m compactcl run`` as a real subprocess and SIGKILLs it (no
+cleanup handlers run), then finishes it with ``--resume``.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from compactcl import CompactCLError
+from compactcl.cli.main import main
+from compactcl.pipeline.recipe import load_recipe
+from compactcl.pipeline.run import run_recipe
+
+# A recipe of its own (not the built-in default, which may grow compression steps): 3 tasks x 2 digits.
+TINY_RECIPE = """
+version: 1
+name: tiny
+seed: 0
+device: cpu
+data: {dataset: digits, tasks: 3, classes_per_task: 2}
+model: {backbone: cnn, options: {width: 4}}
+learner: {name: icarl, epochs: 1, batch_size: 32, lr: 0.05}
+memory: {size: 60, selection: herding}
+"""
+RECIPE = Path(tempfile.mkdtemp(prefix="compactcl-rel-")) / "tiny.yaml"
+RECIPE.write_text(TINY_RECIPE)
+TINY = [str(RECIPE), "--no-progress"]
+KILL_ARGS = [*TINY, "--set", "learner.epochs=6"]  # ~1 s a task: room to land kills inside a task
+FAST_ARGS = [*TINY, "--set", "learner.epochs=1"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # same threads as the in-process run
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _start(out: Path, resume: bool) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "compactcl", "run", *KILL_ARGS, "--out", str(out), *(["--resume"] if resume else [])]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, cond, timeout: float = 120.0) -> bool:
+    """Poll (2 ms) until ``cond()``; False if the process ended first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        if proc.poll() is not None:
+            return cond()
+        time.sleep(0.002)
+    raise AssertionError("timed out waiting for the run")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _rows(out: Path) -> int:
+    m = out / "metrics.json"
+    return len(json.loads(m.read_text())["tasks"]) if m.exists() else 0
+
+
+def _comparable(doc: dict) -> list:
+    return [(t["classes"], t["accuracy"], t["bytes"], t["params"], t["flops"]) for t in doc["tasks"]]
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(tmp_path):
+    rng = random.Random(7)  # kill delays are random but reproducible; the result must not depend on them
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    assert main(["run", "--out", str(ref), *KILL_ARGS]) == 0
+    expected = json.loads((ref / "metrics.json").read_text())
+
+    # 1. before the first task ends: the folder has recipe.yaml, maybe half of tasks/00, no metrics.json
+    proc = _start(out, resume=False)
+    assert _wait_for(proc, lambda: (out / "recipe.yaml").exists())
+    time.sleep(rng.uniform(0.0, 0.25))
+    _kill(proc)
+    assert not (out / "metrics.json").exists(), "kill 1 landed after task 0; make tasks longer"
+
+    # 2. at a random point inside task 1, after metrics.json records task 0
+    proc = _start(out, resume=True)
+    assert _wait_for(proc, lambda: _rows(out) >= 1)
+    time.sleep(rng.uniform(0.0, 0.4))
+    _kill(proc)
+    assert 1 <= _rows(out) < 3
+
+    # 3. the moment task 2's working checkpoint lands: a half-written task folder metrics.json does not know
+    proc = _start(out, resume=True)
+    assert _wait_for(proc, lambda: (out / "tasks" / "02" / "working.safetensors").exists())
+    _kill(proc)
+    killed_rows = _rows(out)
+
+    # 4. resume to the end
+    proc = _start(out, resume=True)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["status"] == "complete" and killed_rows <= 3
+    assert _comparable(got) == _comparable(expected)
+    assert got["summary"]["working"] == expected["summary"]["working"]
+    # bit-identical final weights, and no temp file of a killed writer left behind
+    a, b = load_file(str(ref / "final" / "working.safetensors")), load_file(str(out / "final" / "working.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert not list(out.rglob("*.tmp"))
+
+
+def _truncate_to(out: Path, n: int) -> None:
+    """Make ``out`` look like a run killed after task ``n - 1`` (metrics.json rewritten atomically)."""
+    doc = json.loads((out / "metrics.json").read_text())
+    doc["tasks"], doc["status"] = doc["tasks"][:n], "running"
+    (out / "metrics.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("extra", [
+    ["--set", "learner.name=der"],  # grown branches + head rows drawn from the restored RNG
+    ["--set", "learner.name=lwf"],
+    ["--set", "learner.name=replay", "--set", "memory.selection=random"],
+    ["--set", "learner.name=joint"],
+    ["--set", "learner.name=icarl", "--set", "learner.nme=true", "--set", "learner.augment=true"],
+], ids=["der", "lwf", "replay-random", "joint", "icarl-nme-augment"])
+def test_resume_is_exact_for_every_learner(tmp_path, extra):
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = [*FAST_ARGS, *extra]
+    assert main(["run", "--out", str(full), *args]) == 0
+    assert main(["run", "--out", str(part), *args]) == 0
+    _truncate_to(part, 1)
+    # a later task's files partially written by the killed run, and a temp file it never renamed
+    (part / "tasks" / "01" / "working.safetensors").write_bytes(b"half a file")
+    (part / "tasks" / "01" / "state.safetensors").unlink()
+    (part / "tasks" / "01" / ".working.safetensors.abc123.tmp").write_bytes(b"junk")
+    assert main(["run", "--out", str(part), "--resume", *args]) == 0
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((part / "metrics.json").read_text())
+    assert _comparable(a) == _comparable(b)
+    assert not list(part.rglob("*.tmp"))
+
+
+OVR = ["learner.epochs=1"]
+
+
+def test_same_recipe_and_seed_give_identical_metrics(tmp_path):
+    recipe = load_recipe(str(RECIPE), OVR)
+    docs = [run_recipe(recipe, tmp_path / f"r{i}", progress=False, log=lambda s: None) for i in range(2)]
+    assert _comparable(docs[0]) == _comparable(docs[1])
+    assert docs[0]["summary"] == docs[1]["summary"] and docs[0]["class_order"] == docs[1]["class_order"]
+    w0 = (tmp_path / "r0" / "final" / "working.safetensors").read_bytes()
+    assert w0 == (tmp_path / "r1" / "final" / "working.safetensors").read_bytes()  # bit for bit, header included
+    other = run_recipe(load_recipe(str(RECIPE), [*OVR, "seed=1"]), tmp_path / "s1", progress=False, log=lambda s: None)
+    assert other["class_order"] != docs[0]["class_order"]  # the seed matters
+
+
+def test_resume_refuses_unreadable_state_with_a_clear_error(tmp_path):
+    out, recipe = tmp_path / "run", load_recipe(str(RECIPE), OVR)
+    run_recipe(recipe, out, progress=False, log=lambda s: None)
+    _truncate_to(out, 2)
+    (out / "tasks" / "01" / "state.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CompactCLError, match="cannot resume.*state.safetensors"):
+        run_recipe(recipe, out, resume=True, progress=False, log=lambda s: None)
+    (out / "metrics.json").write_text("{not json")
+    with pytest.raises(CompactCLError, match="metrics"):
+        run_recipe(recipe, out, resume=True, progress=False, log=lambda s: None)
+
+
+def test_run_files_get_the_umask_mode_not_0600(tmp_path):
+    import compactcl.utils.atomic as atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic.atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask == atomic._FILE_MODE
