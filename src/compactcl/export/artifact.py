@@ -2,7 +2,7 @@
 
 Layout — three flat tensors and a JSON header (no pickle):
 
-* ``u8``  : bit-packed weight codes, sparsity masks (one bit per weight), affine zero points,
+* ``u8``  : bit-packed weight codes, relative indices of sparse tensors, affine zero points,
   log exponents (int8 stored as uint8 + 128);
 * ``f16`` : float tensors whose values are exactly fp16 (biases and batch-norm tensors after
   ``quantize_``, which rounds them so), 2 bytes each — lossless;
@@ -13,7 +13,8 @@ The header (safetensors metadata key ``"compactcl"``) is
 maps each module to its state-dict tensors, in file order, with shape and encoding
 (``{"enc": "kmeans", "bits": 3, "shape": [...]}``, ``{"dt": "f16", "shape": [...]}``, ...); each entry's bytes
 follow from its shape and bits, so no offsets are stored. A tensor that is mostly zeros
-is stored as a bitmask (``np.packbits``) of non-zeros + only the non-zero codes/values.
+is stored as relative indices of its non-zeros (``export/sparse.py``, Deep Compression's
+scheme; index width chosen per tensor) + only the non-zero codes/values.
 
 Loading is exact: the rebuilt model's weights equal the in-memory quantized model's bit
 for bit. Flat blobs keep the safetensors framing (a JSON entry per tensor) off small models.
@@ -35,11 +36,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..compress.quantize.packing import pack_bits, pack_mask, packed_nbytes, unpack_bits, unpack_mask
+from ..compress.quantize.packing import pack_bits, packed_nbytes, unpack_bits, unpack_mask
 from ..compress.quantize.state import WeightQuant, get_weight_quant, set_weight_quant
 from ..errors import CompactCLError
 from ..models.checkpoint import model_from_state, read_header, tensor_digest
 from ..utils.atomic import atomic_write_bytes
+from .sparse import best_index_bits, decode_positions, encode_gaps, entries_for
 
 __all__ = ["save_artifact", "load_artifact", "pack_artifact", "artifact_nbytes", "FORMAT"]
 
@@ -85,8 +87,35 @@ def _float_blob(t: torch.Tensor, half: bool) -> str:
     return "f16" if bool(torch.isfinite(t).all()) and torch.equal(t.half().float(), t) else "f32"
 
 
-def _sparse_wins(n: int, nnz: int, item_bits: int) -> bool:
-    return (n + 7) // 8 + packed_nbytes(nnz, item_bits) < packed_nbytes(n, item_bits)
+def _sparse_index_bits(mask: np.ndarray, item_bits: int, force: bool = False) -> tuple[np.ndarray, int] | None:
+    """(non-zero positions, index bits) when relative indices beat dense storage (or ``force``)."""
+    positions = np.flatnonzero(mask.reshape(-1))
+    b, _ = best_index_bits(positions, item_bits)
+    sparse_bytes = packed_nbytes(entries_for(positions, b), b) + packed_nbytes(len(positions), item_bits)
+    if force or sparse_bytes < packed_nbytes(mask.size, item_bits):
+        return positions, b
+    return None
+
+
+def _put_sparse(wr: "_Writer", entry: dict[str, Any], positions: np.ndarray, idx_bits: int) -> None:
+    stored = encode_gaps(positions, idx_bits)
+    entry.update({"sparse": 2, "ib": idx_bits, "ne": int(len(stored))})
+    wr.put("u8", pack_bits(stored, idx_bits))
+
+
+def _take_mask(rd: "_Reader", entry: dict[str, Any], n: int) -> np.ndarray:
+    """The non-zero mask of a sparse entry: a bitmask (sparse=1) or relative indices (sparse=2)."""
+    if entry.get("sparse") == 2:
+        b, count = int(entry["ib"]), int(entry["ne"])
+        stored = unpack_bits(rd.take("u8", packed_nbytes(count, b)), b, count)
+        try:
+            positions = decode_positions(stored, b, n)
+        except ValueError as e:
+            raise CompactCLError(f"{rd.source}: {e}; the artifact is corrupted") from e
+        mask = np.zeros(n, dtype=bool)
+        mask[positions] = True
+        return mask
+    return unpack_mask(rd.take("u8", (n + 7) // 8), n)
 
 
 def _write_quant(wr: _Writer, name: str, w: torch.Tensor, wq: WeightQuant) -> dict[str, Any]:
@@ -96,11 +125,10 @@ def _write_quant(wr: _Writer, name: str, w: torch.Tensor, wq: WeightQuant) -> di
     if not torch.equal(wq.decode(codes, mask), w):
         raise CompactCLError(f"layer {name!r}: its weights are no longer on its {wq.method} quantization grid "
                              "(changed after quantize_); quantize the model again before saving.")
-    sparse = not dense_exact or _sparse_wins(w.numel(), int(mask.sum()), wq.bits)
+    sparse = _sparse_index_bits(mask.numpy(), wq.bits, force=not dense_exact)
     entry: dict[str, Any] = {"shape": list(w.shape), "enc": wq.method, "bits": wq.bits}
-    if sparse:
-        entry["sparse"] = 1
-        wr.put("u8", pack_mask(mask.numpy()))
+    if sparse is not None:
+        _put_sparse(wr, entry, *sparse)
         wr.put("u8", pack_bits(codes[mask].numpy(), wq.bits))
     else:
         wr.put("u8", pack_bits(codes.numpy(), wq.bits))
@@ -127,7 +155,7 @@ def _read_quant(rd: _Reader, entry: dict[str, Any]) -> tuple[torch.Tensor, Weigh
     n = int(np.prod(shape)) if shape else 1
     mask = None
     if entry.get("sparse"):
-        mask_np = unpack_mask(rd.take("u8", (n + 7) // 8), n)
+        mask_np = _take_mask(rd, entry, n)
         nnz = int(mask_np.sum())
         codes_np = np.zeros(n, np.uint8)
         codes_np[mask_np] = unpack_bits(rd.take("u8", packed_nbytes(nnz, bits)), bits, nnz)
@@ -163,9 +191,9 @@ def _write_float(wr: _Writer, t: torch.Tensor, half: bool) -> dict[str, Any]:
     flat = t.reshape(-1).numpy()
     item_bits = 16 if blob == "f16" else 32
     mask = flat != 0
-    if t.numel() >= 64 and _sparse_wins(flat.size, int(mask.sum()), item_bits):
-        entry["sparse"] = 1
-        wr.put("u8", pack_mask(mask))
+    sparse = _sparse_index_bits(mask, item_bits) if t.numel() >= 64 else None
+    if sparse is not None:
+        _put_sparse(wr, entry, *sparse)
         wr.put(blob, flat[mask])
     else:
         wr.put(blob, flat)
@@ -177,7 +205,7 @@ def _read_float(rd: _Reader, entry: dict[str, Any]) -> torch.Tensor:
     n = int(np.prod(shape)) if shape else 1
     blob = entry["dt"]
     if entry.get("sparse"):
-        mask = unpack_mask(rd.take("u8", (n + 7) // 8), n)
+        mask = _take_mask(rd, entry, n)
         flat = np.zeros(n, np.float32)
         flat[mask] = rd.take(blob, int(mask.sum()))
     else:
