@@ -16,13 +16,6 @@ from compactcl.export.onnx import export_checked
 from compactcl.learners import TrainConfig, train
 from compactcl.models import IncrementalNet, save_checkpoint
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train several times faster on one thread (no oversubscription on small CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

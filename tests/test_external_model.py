@@ -22,13 +22,6 @@ from compactcl.models.external import hub_model, is_external_name, shift_task
 MODELS = [(tiny_resnet, "fc"), (tiny_mobilenet, "classifier.1")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convs are 20x slower with 2 intra-op threads on a loaded 2-core box; restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _ce(model, x, y):

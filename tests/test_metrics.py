@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 from compactcl.metrics import (average_incremental_accuracy, backward_transfer, count_flops, count_params,

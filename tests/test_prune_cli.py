@@ -12,12 +12,6 @@ from compactcl.learners import TrainConfig, train
 from compactcl.models import IncrementalNet, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

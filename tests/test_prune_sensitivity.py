@@ -15,12 +15,6 @@ from compactcl.models import IncrementalNet
 RATIOS = [0.0, 0.2, 0.4, 0.6, 0.8]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_allowed_ratio_interpolates_the_crossing():

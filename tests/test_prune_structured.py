@@ -16,12 +16,6 @@ SMALL = {"cnn": {"width": 8}, "resnet20": {"width": 8}, "mobilenetv2": {"width_m
          "mlp": {"hidden": [32, 32]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomize_bn(model):

@@ -14,13 +14,6 @@ from compactcl.learners import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train fastest on one thread; two spin-wait badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,6 @@ from compactcl.compress.quantize import (QUANTIZERS, KMeansQuantConfig, LinearQu
 from compactcl.errors import CompactCLError
 from compactcl.models import IncrementalNet
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train several times faster on one thread (no oversubscription on small CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

@@ -15,13 +15,6 @@ from compactcl.data import class_incremental
 from compactcl.learners import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train several times faster on one thread (no oversubscription on small CPUs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 
