@@ -101,27 +101,26 @@ class Replay(Learner):
     name = "replay"
     uses_memory = True
 
+    def loss(self, old: nn.Module | None):
+        return ce_loss
+
     def fit_task(self, state: LearnerState, task: Task) -> LearnerState:
-        state, _ = self.begin(state, task)
-        train(state.model, self.with_memory(state, task.train), ce_loss, _cfg(state, task), desc=f"task {task.index}")
+        state, old = self.begin(state, task)
+        train(state.model, self.with_memory(state, task.train), self.loss(old), _cfg(state, task),
+              desc=f"task {task.index}")
         state.memory.update(state.model, task.train)
+        state.classifier = "nme" if self.nme else "logits"
         return state
 
 
 @register_learner
-class ICaRL(Learner):
-    """iCaRL (Rebuffi et al.): exemplars + distillation; nearest-mean-of-exemplars with ``nme: true``."""
+class ICaRL(Replay):
+    """iCaRL (Rebuffi et al.): replay + distillation of the old model; nearest-mean-of-exemplars with ``nme: true``."""
 
     name = "icarl"
-    uses_memory = True
 
-    def fit_task(self, state: LearnerState, task: Task) -> LearnerState:
-        state, old = self.begin(state, task)
-        loss = ce_kd_loss(old, self.temperature, self.distill_weight)
-        train(state.model, self.with_memory(state, task.train), loss, _cfg(state, task), desc=f"task {task.index}")
-        state.memory.update(state.model, task.train)
-        state.classifier = "nme" if self.nme else "logits"
-        return state
+    def loss(self, old: nn.Module | None):
+        return ce_kd_loss(old, self.temperature, self.distill_weight)
 
 
 @register_learner
