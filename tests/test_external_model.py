@@ -244,3 +244,41 @@ def test_quantized_user_model_packs_and_reloads(tmp_path):
     # 4-bit codes; batch norm, scales and the header cost the rest on a model this small
     assert (tmp_path / "m.ccl").stat().st_size < (tmp_path / "m.safetensors").stat().st_size / 3
     assert torch.equal(compactcl.load(tmp_path / "m.ccl")(x), net(x))
+
+
+def test_user_residual_model_through_a_compressed_recipe_run(tmp_path, monkeypatch):
+    """A residual CNN from outside our registry: 3 class-incremental tasks from a recipe, pruned,
+    quantized and packed after every task, exported to ONNX (checked against PyTorch)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from compactcl import load
+    from compactcl.cli.main import main
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    sys.modules.pop("byo_models", None)
+    recipe = tmp_path / "byo.yaml"
+    recipe.write_text("""
+version: 1
+name: byo
+data: {dataset: digits, tasks: 3, classes_per_task: 2}
+model: {backbone: "module:byo_models:tiny_resnet", options: {width: 8}}
+learner: {name: icarl, epochs: 10}
+memory: {size: 100}
+compress:
+  steps:
+    - prune: {method: structured, ratio: 0.25, finetune_epochs: 4}
+    - quantize: {method: linear, bits: 8, qat_epochs: 0}
+export: {onnx: true}
+""")
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    last = doc["tasks"][-1]
+    assert len(last["accuracy"]["deployed"]) == 3
+    assert last["deployed_params"] < last["params"]  # channels really removed
+    assert last["bytes"]["deployed"] < 0.5 * last["bytes"]["fp32"]  # int8 codes + pruning (+ header)
+    assert last["deploy"]["onnx"]["agreement"] >= 0.999
+    assert doc["summary"]["deployed"]["final_accuracy"] > 0.5
+    assert load(out / "final" / "deployed.ccl").num_classes == 6
