@@ -276,7 +276,9 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             working_bytes = save_checkpoint(state.model, task_dir / "working.safetensors", meta)
             ctx = {"meta": meta, "stream": stream, "state": state, "input_shape": input_shape, "dir": task_dir,
                    "student_path": out / "tasks" / f"{task.index - 1:02d}" / "student.safetensors"}
+            t1 = time.perf_counter()
             deployed, deployed_path, extra = deploy(state.model, task, ctx)
+            deploy_seconds = time.perf_counter() - t1
             scores = _score(state.model, deployed, stream.tasks[: task.index + 1], state.means())
             rows.append({
                 "index": task.index,
@@ -289,6 +291,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                 "deployed_params": count_params(deployed),
                 "deployed_flops": count_flops(deployed, input_shape),
                 "seconds": seconds,
+                "deploy_seconds": deploy_seconds,
                 **({"deploy": extra} if extra else {}),
             })
             _save_state(task_dir / "state.safetensors", state)
