@@ -82,7 +82,7 @@ def test_compressed_run_fits_its_budget_every_task(tmp_path, capsys):
     out = tmp_path / "c"
     args = ["run", "--out", str(out), "--no-progress", "--set", "data.tasks=2", "--set", "data.classes_per_task=3",
             "--set", "learner.name=der", "--set", "learner.epochs=3", "--set", "model.options.width=8",
-            "--set", "compress.budget.fraction_of_backbone=0.25",
+            "--set", "compress.budget.fraction_of_backbone=0.25", "--set", "export.int8=true",
             "--set", "compress.steps=[{distill: {student: cnn, options: {width: 4}, epochs: 10}}, "
                      "{quantize: {method: kmeans, bits: auto, qat_epochs: 1}}]"]
     assert main(args) == 0
@@ -97,3 +97,6 @@ def test_compressed_run_fits_its_budget_every_task(tmp_path, capsys):
     deployed = load(out / "final" / "deployed.ccl")
     assert deployed.num_classes == 6
     assert (out / "final" / "deployed.onnx").exists() and (out / "report.html").exists()
+    int8 = doc["tasks"][-1]["deploy"]["onnx"]["int8"]
+    assert int8["bytes"] == (out / "final" / "deployed.int8.onnx").stat().st_size
+    assert int8["agreement"] > 0.9

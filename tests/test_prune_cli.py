@@ -5,9 +5,7 @@ import torch
 
 from compactcl.cli.main import build_parser, main
 from compactcl.compress.prune.api import cross_entropy
-from compactcl.compress.prune.report import artifact_available
 from compactcl.data import class_incremental, load_dataset
-from compactcl.errors import CompactCLError
 from compactcl.learners import TrainConfig, train
 from compactcl.models import IncrementalNet, load_checkpoint, save_checkpoint
 
@@ -85,15 +83,12 @@ def test_parser_contract_and_errors(checkpoint, tmp_path, capsys):
     assert main(["prune", str(tmp_path / "missing"), "--ratio", "0.3", "--out", str(tmp_path / "x.safetensors")]) == 2
 
 
-def test_ccl_output_needs_the_artifact_writer(checkpoint, tmp_path, capsys):
+def test_ccl_output_is_a_packed_sparse_artifact(checkpoint, tmp_path, capsys):
     out = tmp_path / "p.ccl"
     code = main(["prune", str(checkpoint), "--ratio", "0.9", "--finetune-epochs", "0", "--out", str(out), "--json"])
-    if artifact_available():
-        assert code == 0
-        fig = json.loads(capsys.readouterr().out)
-        assert fig["bytes"] == out.stat().st_size < 0.5 * fig["baseline_bytes"]
-    else:
-        assert code == 2 and "artifact" in capsys.readouterr().err
+    assert code == 0
+    fig = json.loads(capsys.readouterr().out)
+    assert fig["bytes"] == out.stat().st_size < 0.5 * fig["baseline_bytes"]
 
 
 def test_run_is_importable_without_heavy_modules():

@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from compactcl.compress.prune import (MagnitudeConfig, PruneData, agp_sparsity, apply_masks_, finalize_, finetune_,
                                       l1_penalty, magnitude_prune_, prune_, select_masks, sparsity_of, with_l1)

@@ -21,7 +21,6 @@ splits of the tasks seen so far, never the test split.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -312,23 +311,25 @@ def _latency(model: nn.Module, input_shape: tuple[int, ...], budget: Budget) -> 
 
 
 def _export(model: nn.Module, ctx: dict[str, Any], int8: bool, budget: Budget) -> dict[str, Any]:
-    from ..export.onnx import agreement, export_onnx, onnx_predict
+    """deployed.onnx (fp32) and, with ``int8``, deployed.int8.onnx — each checked against PyTorch on the
+    test split of the tasks seen (a check, never a choice); latency in ONNX Runtime."""
+    from ..export.onnx import export_checked
     from ..metrics.latency import onnx_latency_ms
 
     input_shape = ctx["input_shape"]
-    task: Task = ctx["stream"].tasks[ctx["meta"]["task"]]
-    test = TensorData.cat([t.test for t in ctx["stream"].tasks[: task.index + 1]])
-    path = ctx["dir"] / "deployed.onnx"
+    index = ctx["meta"]["task"]
+    tasks = ctx["stream"].tasks[: index + 1]
+    test = TensorData.cat([t.test for t in tasks])
     cpu_model = copy.deepcopy(model).cpu().eval()
-    nbytes = export_onnx(cpu_model, path, input_shape)
-    with torch.no_grad():
-        ref = cpu_model(test.x)
-    agree = agreement(onnx_predict(path, test.x), ref)
-    if agree < 0.999:
-        raise CompactCLError(f"ONNX export disagrees with PyTorch on {1 - agree:.2%} of the test images "
-                             f"(needs >= 99.9% agreement); the exported graph is wrong — please report it")
-    out = {"bytes": nbytes, "agreement": agree,
-           "latency_ms": onnx_latency_ms(path, input_shape, budget.latency_batch, budget.latency_threads)}
+    out = export_checked(cpu_model, ctx["dir"] / "deployed.onnx", input_shape, test.x, test.y, latency=False)
+    out["latency_ms"] = onnx_latency_ms(ctx["dir"] / "deployed.onnx", input_shape, budget.latency_batch,
+                                        budget.latency_threads)
     if int8:
-        from ..export.int8 import export_int8  # noqa: F401  (wired when the int8 exporter lands)
+        calib = TensorData.cat([t.train for t in tasks]).x
+        calib = calib[torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))[:512]]
+        q = export_checked(cpu_model, ctx["dir"] / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
+                           calib_x=calib, latency=False)
+        out["int8"] = {"bytes": q["bytes"], "accuracy": q["accuracy"], "agreement": q["agreement"],
+                       "latency_ms": onnx_latency_ms(ctx["dir"] / "deployed.int8.onnx", input_shape,
+                                                     budget.latency_batch, budget.latency_threads)}
     return out

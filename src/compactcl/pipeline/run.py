@@ -325,9 +325,9 @@ def _publish_final(out: Path, task_dir: Path, deployed_path: Path) -> None:
     for stale in final.glob("deployed.*"):
         if stale.name != f"deployed{''.join(deployed_path.suffixes)}":
             stale.unlink()
-    extra = task_dir / "deployed.onnx"
-    if extra.exists():
-        shutil.copyfile(extra, final / "deployed.onnx")
+    for name in ("deployed.onnx", "deployed.int8.onnx"):
+        if (task_dir / name).exists():
+            atomic_write_bytes(final / name, (task_dir / name).read_bytes())
 
 
 def _bar(total: int, initial: int, enabled: bool):

@@ -13,28 +13,15 @@ from ...data.datasets import TensorData
 from ...learners.loop import accuracy
 from ...metrics.model_stats import count_flops, count_nonzero, count_params
 
-__all__ = ["artifact_available", "save_model", "model_figures", "onnx_latencies"]
-
-
-def artifact_available() -> bool:
-    """True when the packed-artifact writer (compactcl.export.artifact) is installed."""
-    try:
-        from ...export.artifact import save_artifact  # noqa: F401
-    except ImportError:
-        return False
-    return True
+__all__ = ["save_model", "model_figures", "onnx_latencies"]
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> int:
     """Save ``model`` as a packed artifact (``.ccl``) or a checkpoint (anything else); return bytes."""
-    from ...errors import CompactCLError
     from ...models.checkpoint import save_checkpoint
 
     path = Path(path)
     if path.suffix == ".ccl":
-        if not artifact_available():
-            raise CompactCLError(f"cannot write {path}: the packed artifact writer (compactcl.export.artifact) "
-                                 "is not installed in this version; write a .safetensors checkpoint instead")
         from ...export.artifact import save_artifact
 
         save_artifact(model, path, meta)
