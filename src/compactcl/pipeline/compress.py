@@ -95,6 +95,11 @@ STEP_TYPES: dict[str, type[_Strict]] = {"distill": DistillStep, "prune": PruneSt
 class CompressConfig(_Strict):
     budget: Budget = Field(default_factory=Budget)
     tolerance: float = Field(0.01, ge=0, le=1)
+    # Class balance of the data the deployed model is trained on (distill, prune fine-tune, QAT): the
+    # exemplars of every class seen, plus at most `balance` x (exemplars per class) images of each new
+    # class. Without it the new task's data swamps the old classes and the student forgets them.
+    # null: the task's data + the memory, unbalanced.
+    balance: float | None = Field(2.0, gt=0)
     steps: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -147,6 +152,24 @@ def budget_bytes(budget: Budget, working: nn.Module) -> int | None:
     return int(4 * one * budget.fraction_of_backbone)
 
 
+def deploy_data(task: Task, memory, balance: float | None, seed: int) -> TensorData:
+    """What the deployed model may train on: exemplars of every class seen + a capped share of the new task.
+
+    The memory was already updated with the new classes' exemplars when this runs.
+    """
+    mem = memory.data()
+    if balance is None or mem is None:
+        return TensorData.cat([task.train] + ([mem] if mem is not None else []))
+    per_class = max(1, int(balance * memory.size / max(1, len(memory.x))))
+    gen = torch.Generator().manual_seed(seed)
+    old = mem.subset(torch.nonzero(~torch.isin(mem.y, torch.tensor(task.labels))).flatten())
+    new = []
+    for label in task.labels:
+        idx = torch.nonzero(task.train.y == label).flatten()
+        new.append(task.train.subset(idx[torch.randperm(len(idx), generator=gen)[:per_class]]))
+    return TensorData.cat([old, *new])
+
+
 def _seen_val(ctx: dict[str, Any], task: Task) -> TensorData:
     return TensorData.cat([t.val for t in ctx["stream"].tasks[: task.index + 1]])
 
@@ -160,7 +183,7 @@ def make_deployer(config: CompressConfig, export_onnx: bool = False, int8: bool 
 
         teacher = copy.deepcopy(working).eval().requires_grad_(False)
         state = ctx["state"]
-        data = TensorData.cat([task.train] + ([state.memory.data()] if state.memory.data() is not None else []))
+        data = deploy_data(task, state.memory, config.balance, seed + task.index)
         val = _seen_val(ctx, task)
         input_shape = ctx["input_shape"]
         device = str(next(working.parameters()).device)

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from compactcl import CompactCLError
+from compactcl.data import ExemplarMemory, TensorData, class_incremental
+from compactcl.models import IncrementalNet
+from compactcl.pipeline.compress import CompressConfig, budget_bytes, deploy_data
+from compactcl.pipeline.recipe import load_recipe
+
+
+def test_deploy_data_is_class_balanced(digits):
+    stream = class_incremental(digits, tasks=5, seed=0)
+    model = IncrementalNet("mlp", 1, 8, 4, {"hidden": [16]})
+    memory = ExemplarMemory(40, "random")
+    memory.update(model, stream.tasks[0].train)
+    memory.update(model, stream.tasks[1].train)  # 4 classes seen: 10 exemplars each
+    data = deploy_data(stream.tasks[1], memory, balance=2.0, seed=0)
+    counts = {int(c): int((data.y == c).sum()) for c in data.y.unique()}
+    assert counts == {0: 10, 1: 10, 2: 20, 3: 20}  # old: their exemplars; new: capped at 2 x 10
+    everything = deploy_data(stream.tasks[1], memory, balance=None, seed=0)
+    assert len(everything) == len(stream.tasks[1].train) + len(memory)
+
+
+def test_budget_is_a_fraction_of_one_backbone_with_a_head():
+    from compactcl.models import DERNet
+
+    der = DERNet("mlp", 1, 8, backbone_kwargs={"hidden": [10]})
+    der.grow(2)
+    der.grow(2)
+    one = (64 * 10 + 10) + 10 * 4 + 4  # one branch + a head over its features for the 4 classes
+    assert budget_bytes(CompressConfig(budget={"fraction_of_backbone": 0.5}).budget, der) == int(4 * one * 0.5)
+    assert budget_bytes(CompressConfig(budget={"bytes": 1234}).budget, der) == 1234
+
+
+def test_steps_are_validated_with_the_key_named():
+    with pytest.raises(CompactCLError, match="unknown step 'shrink'"):
+        load_recipe(None, ["compress.steps=[{shrink: {}}]"])
+    with pytest.raises(CompactCLError, match="quantize must be the last step"):
+        load_recipe(None, ["compress.steps=[{quantize: {}}, {prune: {}}]"])
+    with pytest.raises(CompactCLError, match="ratio"):
+        load_recipe(None, ["compress.steps=[{prune: {ratio: 1.5}}]"])
+
+
+def test_a_budget_no_model_can_meet_says_by_how_much(tmp_path):
+    from compactcl.pipeline.run import run_recipe
+
+    recipe = load_recipe(None, ["data.tasks=1", "data.classes_per_task=2", "learner.name=icarl", "learner.epochs=1",
+                                "model.options.width=4", "compress.budget.bytes=300", "export.onnx=false",
+                                "compress.steps=[{quantize: {method: linear, bits: 8, qat_epochs: 0}}]"])
+    with pytest.raises(CompactCLError, match=r"over the budget of 300 bytes"):
+        run_recipe(recipe, tmp_path / "r", progress=False, log=lambda s: None)
