@@ -92,6 +92,7 @@ def test_compressed_run_fits_its_budget_every_task(tmp_path, capsys):
         size = (out / "tasks" / f"{t['index']:02d}" / "deployed.ccl").stat().st_size
         assert size == t["bytes"]["deployed"] <= budget
         assert t["deployed_params"] < t["params"]
+        assert t["bytes"]["update"] <= t["bytes"]["deployed"]  # a delta, or the whole file at most
     assert doc["tasks"][1]["params"] > doc["tasks"][0]["params"]  # DER grew
     assert doc["summary"]["deployed"]["final_accuracy"] > 0.6  # 6 digit classes: chance is 1/6
     deployed = load(out / "final" / "deployed.ccl")

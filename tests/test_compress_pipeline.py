@@ -49,3 +49,18 @@ def test_a_budget_no_model_can_meet_says_by_how_much(tmp_path):
                                 "compress.steps=[{quantize: {method: linear, bits: 8, qat_epochs: 0}}]"])
     with pytest.raises(CompactCLError, match=r"over the budget of 300 bytes"):
         run_recipe(recipe, tmp_path / "r", progress=False, log=lambda s: None)
+
+
+def test_update_delta_rebuilds_the_new_artifact_exactly():
+    import os
+
+    from compactcl.export.update import apply_update, make_update
+
+    old = os.urandom(3000)
+    new = old[:2000] + b"changed" + old[2000:]
+    kind, payload = make_update(old, new)
+    assert kind == "delta" and len(payload) < 200  # far smaller than the 3,007-byte file
+    assert apply_update(old, kind, payload) == new
+    assert make_update(None, new) == ("full", new)
+    unrelated = os.urandom(3000)
+    assert make_update(old, unrelated)[0] == "full"  # incompressible: ship the whole file

@@ -33,6 +33,7 @@ from ..data.stream import Stream, Task, class_incremental
 from ..errors import CompactCLError
 from ..learners import LearnerState, TrainConfig, accuracy, create_learner
 from ..learners.base import LEARNERS
+from ..export.update import update_size
 from ..metrics.continual import summarize
 from ..metrics.model_stats import count_flops, count_params, fp32_bytes
 from ..models.checkpoint import load_checkpoint, save_checkpoint
@@ -280,12 +281,15 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             deployed, deployed_path, extra = deploy(state.model, task, ctx)
             deploy_seconds = time.perf_counter() - t1
             scores = _score(state.model, deployed, stream.tasks[: task.index + 1], state.means())
+            previous = out / "tasks" / f"{task.index - 1:02d}" / deployed_path.name
+            update = update_size(previous.read_bytes() if previous.exists() else None, deployed_path.read_bytes())
             rows.append({
                 "index": task.index,
                 "classes": task.classes,
                 "accuracy": {"working": scores.working, "deployed": scores.deployed},
                 "bytes": {"fp32": fp32_bytes(state.model), "working_file": working_bytes,
-                          "deployed": deployed_path.stat().st_size},
+                          "deployed": deployed_path.stat().st_size, "update": update["bytes"]},
+                "update_kind": update["kind"],
                 "params": count_params(state.model),
                 "flops": count_flops(state.model, input_shape),
                 "deployed_params": count_params(deployed),
