@@ -21,23 +21,12 @@ from compactcl.pipeline.recipe import load_recipe
 from compactcl.pipeline.run import run_recipe
 from compactcl.utils import atomic
 
-TINY = """
-version: 1
-name: tiny
-seed: 0
-device: cpu
-data: {dataset: digits, tasks: 3, classes_per_task: 2}
-model: {backbone: cnn, options: {width: 4}}
-learner: {name: icarl, epochs: 1, batch_size: 32, lr: 0.05}
-memory: {size: 60, selection: herding}
-"""
+TINY = Path(__file__).parent / "data" / "tiny.yaml"
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    p = tmp_path / "tiny.yaml"
-    p.write_text(TINY)
-    return str(p)
+def tiny():
+    return str(TINY)
 
 
 def _quiet(recipe, out, **kw):

@@ -1,8 +1,7 @@
 import pytest
-import torch
 
 from compactcl import CompactCLError
-from compactcl.data import ExemplarMemory, TensorData, class_incremental
+from compactcl.data import ExemplarMemory, class_incremental
 from compactcl.models import IncrementalNet
 from compactcl.pipeline.compress import CompressConfig, budget_bytes, deploy_data
 from compactcl.pipeline.recipe import load_recipe

@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,18 +22,7 @@ from compactcl.pipeline.recipe import load_recipe
 from compactcl.pipeline.run import run_recipe
 
 # A recipe of its own (not the built-in default, which may grow compression steps): 3 tasks x 2 digits.
-TINY_RECIPE = """
-version: 1
-name: tiny
-seed: 0
-device: cpu
-data: {dataset: digits, tasks: 3, classes_per_task: 2}
-model: {backbone: cnn, options: {width: 4}}
-learner: {name: icarl, epochs: 1, batch_size: 32, lr: 0.05}
-memory: {size: 60, selection: herding}
-"""
-RECIPE = Path(tempfile.mkdtemp(prefix="compactcl-rel-")) / "tiny.yaml"
-RECIPE.write_text(TINY_RECIPE)
+RECIPE = Path(__file__).parent / "data" / "tiny.yaml"
 TINY = [str(RECIPE), "--no-progress"]
 KILL_ARGS = [*TINY, "--set", "learner.epochs=6"]  # ~1 s a task: room to land kills inside a task
 FAST_ARGS = [*TINY, "--set", "learner.epochs=1"]
