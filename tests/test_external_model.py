@@ -14,7 +14,6 @@ from byo_models import TinyResNet, tiny_mobilenet, tiny_resnet
 from compactcl.data import ExemplarMemory, TensorData, class_incremental
 from compactcl.errors import CompactCLError
 from compactcl.learners import LearnerState, TrainConfig, accuracy, create_learner, train
-from compactcl.learners.base import Learner
 from compactcl.models import (ExternalNet, create_external, create_model, from_module, load_weights,
                               pretrained_state, save_checkpoint)
 from compactcl.models.external import hub_model, is_external_name, shift_task
@@ -214,7 +213,7 @@ def test_pretrained_model_is_task_zero(digits):
     task = shift_task(class_incremental(ds, tasks=1, class_order=list(range(5))).tasks[0], known)
     assert task.index == 1 and task.labels == list(range(5, 10)) and int(task.train.y.min()) == known
 
-    grown, teacher = Learner.begin(state, task)  # what fit_task does first
+    grown, teacher = create_learner("icarl").begin(state, task)  # what a distilling fit_task does first
     assert torch.equal(grown.model.head.weight[:known], given_w) and torch.equal(grown.model.head.bias[:known], given_b)
     assert torch.equal(teacher.head.weight, given_w)
     old_test = digits.test.subset((digits.test.y < known).nonzero().flatten())

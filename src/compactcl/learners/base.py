@@ -40,6 +40,7 @@ class Learner:
     name = "base"
     grows_branches = False  # True for DER: the model gains a backbone per task
     uses_memory = False
+    distills = False  # True: begin() keeps a frozen copy of the previous model as teacher
 
     def __init__(self, temperature: float = 2.0, distill_weight: float = 1.0, nme: bool = False, **unknown: Any):
         if unknown:
@@ -53,11 +54,11 @@ class Learner:
         raise NotImplementedError
 
     # helpers shared by the learners -----------------------------------------------------------
-    @staticmethod
-    def begin(state: LearnerState, task: Task) -> tuple[LearnerState, nn.Module | None]:
-        """Freeze a copy of the current model as teacher, grow the head; return (new state, teacher)."""
+    def begin(self, state: LearnerState, task: Task) -> tuple[LearnerState, nn.Module | None]:
+        """Freeze a copy of the current model as teacher (learners that distil), grow the head;
+        return (new state, teacher or None)."""
         old = None
-        if state.seen_labels:
+        if state.seen_labels and self.distills:
             old = copy.deepcopy(state.model).eval()
             old.requires_grad_(False)
         model = state.model

@@ -86,6 +86,7 @@ class LwF(Learner):
     """Learning without Forgetting (Li & Hoiem): distil the previous model on new data, no memory."""
 
     name = "lwf"
+    distills = True
 
     def fit_task(self, state: LearnerState, task: Task) -> LearnerState:
         state, old = self.begin(state, task)
@@ -118,6 +119,7 @@ class ICaRL(Replay):
     """iCaRL (Rebuffi et al.): replay + distillation of the old model; nearest-mean-of-exemplars with ``nme: true``."""
 
     name = "icarl"
+    distills = True
 
     def loss(self, old: nn.Module | None):
         return ce_kd_loss(old, self.temperature, self.distill_weight)
