@@ -63,3 +63,19 @@ def test_update_delta_rebuilds_the_new_artifact_exactly():
     assert make_update(None, new) == ("full", new)
     unrelated = os.urandom(3000)
     assert make_update(old, unrelated)[0] == "full"  # incompressible: ship the whole file
+
+
+def test_compressing_does_not_change_the_working_model(tmp_path):
+    # The deployer draws random numbers (student init, calibration picks); the working model's
+    # next tasks must not see them, or adding a compress section would change the learner's results.
+    from compactcl.pipeline.run import run_recipe
+
+    base = ["data.tasks=3", "data.classes_per_task=2", "learner.name=icarl", "learner.epochs=1",
+            "model.options.width=4", "memory.size=40", "export.onnx=false"]
+    plain = run_recipe(load_recipe(None, base + ["compress=null"]), tmp_path / "plain", progress=False,
+                       log=lambda s: None)
+    steps = "compress.steps=[{distill: {student: cnn, options: {width: 4}, epochs: 1}}, " \
+            "{quantize: {method: linear, bits: 8, qat_epochs: 0}}]"
+    packed = run_recipe(load_recipe(None, base + ["compress.budget.bytes=100000", steps]), tmp_path / "packed",
+                        progress=False, log=lambda s: None)
+    assert [r["accuracy"]["working"] for r in packed["tasks"]] == [r["accuracy"]["working"] for r in plain["tasks"]]

@@ -278,7 +278,10 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             ctx = {"meta": meta, "stream": stream, "state": state, "input_shape": input_shape, "dir": task_dir,
                    "student_path": out / "tasks" / f"{task.index - 1:02d}" / "student.safetensors"}
             t1 = time.perf_counter()
-            deployed, deployed_path, extra = deploy(state.model, task, ctx)
+            # The deployer's random draws (student init, calibration picks) stay out of the
+            # learner's stream: adding a compress section must not change the working model.
+            with torch.random.fork_rng(devices=_live_cuda_devices()):
+                deployed, deployed_path, extra = deploy(state.model, task, ctx)
             deploy_seconds = time.perf_counter() - t1
             scores = _score(state.model, deployed, stream.tasks[: task.index + 1], state.means())
             previous = out / "tasks" / f"{task.index - 1:02d}" / deployed_path.name
@@ -317,6 +320,11 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
 
     write_report(out)
     return doc
+
+
+def _live_cuda_devices() -> list[int]:
+    """CUDA devices whose RNG fork_rng must save (none on CPU; touching CUDA would initialise it)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def _publish_final(out: Path, task_dir: Path, deployed_path: Path) -> None:
