@@ -4,8 +4,7 @@
                  rounding channel counts to multiples of 8; fine-tuned; latency in ONNX Runtime.
   onnx       (b) ResNet-20 and MobileNetV2 pruned structurally, exported to ONNX, compared to PyTorch.
   latency    ONNX Runtime latency of dense vs 30%-pruned layouts (no rounding, multiples of 8 / 16).
-  deep-compression  (c) LeNet-300-100: ~90% magnitude pruning + fine-tune (+ k-means + packed artifact
-                 when compactcl.compress.quantize and compactcl.export.artifact are installed).
+  deep-compression  (c) LeNet-300-100: ~90% magnitude pruning + fine-tune + k-means + packed artifact.
 
 Usage: python benchmarks/prune_latency.py channels --out notes/bench_channels.json
 Training is kept short (CPU minutes); every figure printed is measured, nothing is assumed.
@@ -27,7 +26,7 @@ import torch
 from compactcl.compress.prune import (MagnitudeConfig, PruneData, SensitivityConfig, StructuredConfig, channel_counts,
                                       finalize_, finetune_, prune_)
 from compactcl.compress.prune.api import cross_entropy
-from compactcl.compress.prune.report import artifact_available, onnx_latencies, save_model
+from compactcl.compress.prune.report import onnx_latencies, save_model
 from compactcl.compress.prune.unstructured import layer_sparsity
 from compactcl.data import TensorData, class_incremental, load_dataset
 from compactcl.learners import TrainConfig, accuracy, train
@@ -203,16 +202,10 @@ def deep_compression(args) -> dict:
 
 
 def _pack(model, res, tr, test, args) -> dict:
-    """k-means quantize (shared codebook per layer) and write the packed artifact, if available."""
+    """k-means quantize (shared codebook per layer) and write the packed artifact."""
+    from compactcl.compress.quantize import KMeansQuantConfig, quantize_
+
     out = {"from_variant": None}
-    try:
-        from compactcl.compress.quantize import KMeansQuantConfig, quantize_
-    except ImportError as e:
-        out["missing"] = f"compactcl.compress.quantize (k-means): {e}"
-        return out
-    if not artifact_available():
-        out["missing"] = "compactcl.export.artifact (save_artifact)"
-        return out
     m = copy.deepcopy(model)
     quantize_(m, KMeansQuantConfig(bits=args.bits))
     with tempfile.TemporaryDirectory() as d:
