@@ -207,7 +207,7 @@ def markdown(res: dict) -> str:
             before = f"{r['accuracy_before_finetune']:.4f}" if "accuracy_before_finetune" in r else "—"
             out.append(f"| {name} | {before} | {r['accuracy']:.4f} | {r['macs']:,} | {r['params']:,} | {lat} |")
     else:
-        out = [f"| method | acc | Δ pt vs fp32 | bytes | {lat_head} |", "|---" * (4 + len(LATENCY_KEYS)) + "|"]
+        out = [f"| method | acc | drop vs fp32 (pt) | bytes | {lat_head} |", "|---" * (4 + len(LATENCY_KEYS)) + "|"]
         for name, r in rows.items():
             lat = (" | ".join(f"{r['onnx_ms'][f't{t}_b{b}']:.3f}" for t, b in LATENCY_KEYS) if "onnx_ms" in r
                    else " | ".join(["(fp32)"] * len(LATENCY_KEYS)))
