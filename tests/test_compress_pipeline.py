@@ -79,3 +79,20 @@ def test_compressing_does_not_change_the_working_model(tmp_path):
     packed = run_recipe(load_recipe(None, base + ["compress.budget.bytes=100000", steps]), tmp_path / "packed",
                         progress=False, log=lambda s: None)
     assert [r["accuracy"]["working"] for r in packed["tasks"]] == [r["accuracy"]["working"] for r in plain["tasks"]]
+
+
+def test_pruning_in_the_deployer_recovers_with_the_default_finetune(tmp_path):
+    # The deployer's data are exemplars + a capped share of the new task: a few hundred images on
+    # digits. Half the channels off must still leave a working student after the default fine-tune
+    # (2 epochs left it at 0.71 validation accuracy after the second task, 0.70 deployed).
+    from compactcl.pipeline.run import run_recipe
+
+    steps = "compress.steps=[{distill: {student: cnn, options: {width: 16}, epochs: 10}}, " \
+            "{prune: {method: structured, ratio: 0.5}}, {quantize: {method: linear, bits: 8, qat_epochs: 0}}]"
+    doc = run_recipe(load_recipe(None, ["data.tasks=2", "learner.epochs=5", "export.onnx=false", steps,
+                                        "compress.budget.fraction_of_backbone=1"]),
+                     tmp_path / "r", progress=False, log=lambda s: None)
+    for task in doc["tasks"]:
+        distilled, pruned = (task["deploy"]["steps"][i][k]["val_accuracy"] for i, k in ((0, "distill"), (1, "prune")))
+        assert pruned >= distilled - 0.05
+    assert doc["summary"]["deployed"]["final_accuracy"] >= 0.95
