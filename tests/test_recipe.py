@@ -71,3 +71,19 @@ def test_any_yaml_document_gives_a_recipe_or_our_error(tmp_path_factory, doc):
         load_recipe(str(p))
     except CompactCLError as e:
         assert str(e)
+
+
+def test_alias_bomb_is_refused_without_expanding(tmp_path):
+    # "Billion laughs": nine levels of ten aliases are 10^9 values once expanded (e.g. when the run
+    # writes recipe.yaml). The size is computed on the shared structure, so this returns at once.
+    lines = ["version: 1", "model:", "  options:", "    l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        lines.append(f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CompactCLError, match="aliases"):
+        load_recipe(str(path))
+    # a recipe that reuses a block by alias a few times is fine
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("version: 1\ndata: &d {dataset: digits, tasks: 5}\nmodel: {backbone: cnn, options: {width: 8}}\n")
+    assert load_recipe(str(ok)).model.options == {"width": 8}

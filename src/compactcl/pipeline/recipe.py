@@ -217,10 +217,32 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+MAX_RECIPE_NODES = 100_000  # far above any real recipe; YAML aliases can make a few lines expand to billions
+
+
+def _expanded_size(obj: Any, memo: dict[int, int], limit: int) -> int:
+    """Number of values ``obj`` holds once YAML aliases are expanded, computed without expanding
+    (a shared sub-tree is sized once); stops counting past ``limit``."""
+    if not isinstance(obj, (dict, list)):
+        return 1
+    if id(obj) in memo:
+        return memo[id(obj)]
+    total = 1
+    for child in (obj.values() if isinstance(obj, dict) else obj):
+        total += _expanded_size(child, memo, limit)
+        if total > limit:
+            break
+    memo[id(obj)] = total
+    return total
+
+
 def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe (path, built-in name, or None for the default), apply overrides, validate."""
     raw, source = _read_source(recipe)
     raw = apply_overrides(raw, overrides or [])
+    if _expanded_size(raw, {}, MAX_RECIPE_NODES) > MAX_RECIPE_NODES:
+        raise CompactCLError(f"recipe {source} holds more than {MAX_RECIPE_NODES:,} values once its YAML aliases "
+                             "(*name) are expanded; write the options out instead of nesting aliases")
     if "name" not in raw and recipe is not None:
         raw["name"] = Path(recipe).stem
     try:
