@@ -147,3 +147,52 @@ def test_der_net_roundtrip(tmp_path):
     loaded = load_artifact(tmp_path / "der.ccl")
     x = torch.randn(4, 1, 8, 8)
     assert loaded.spec == net.spec and torch.equal(loaded(x), net(x))
+
+
+def _rewrite_header(path, edit):
+    """Same tensors, header changed by ``edit`` (valid JSON: the kind of damage a parser cannot see)."""
+    from safetensors.torch import load_file, save_file
+
+    header = _header(path)
+    edit(header)
+    save_file(load_file(str(path)), str(path), metadata={"compactcl": json.dumps(header)})
+
+
+def _first_small_int(header):
+    """A small integer tensor stored in the header itself (batch norm's num_batches_tracked)."""
+    return next(e for layer in header["layers"].values() for e in layer.values() if isinstance(e, dict) and "int" in e)
+
+
+def test_the_checksum_covers_the_header(tmp_path):
+    from compactcl.models import load_checkpoint, save_checkpoint
+
+    net = quantize_(_net(), KMeansQuantConfig(bits=4))
+    art, ckpt = tmp_path / "m.ccl", tmp_path / "m.safetensors"
+    save_artifact(net, art)
+    save_checkpoint(_net(), ckpt, {"task": 1})
+    # a value held in the header changed: the file still parses and decodes, into a different model
+    _rewrite_header(art, lambda h: _first_small_int(h).update(int=[7]))
+    with pytest.raises(CompactCLError, match="checksum mismatch"):
+        load_artifact(art)
+    _rewrite_header(ckpt, lambda h: h["meta"].update(task=2))
+    with pytest.raises(CompactCLError, match="checksum mismatch"):
+        load_checkpoint(ckpt)
+
+
+def test_format_1_files_still_load(tmp_path):
+    # Format /1 (session 1) digested the tensors only; those files must keep loading.
+    from safetensors.torch import load_file
+
+    from compactcl.models.checkpoint import tensor_digest
+
+    net = quantize_(_net(), KMeansQuantConfig(bits=4))
+    path = tmp_path / "old.ccl"
+    save_artifact(net, path)
+
+    def as_format_1(h):
+        h["format"] = "compactcl.artifact/1"
+        h["sha256"] = tensor_digest(load_file(str(path)))
+
+    _rewrite_header(path, as_format_1)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(compactcl.load(path)(x), net(x))

@@ -11,12 +11,10 @@ from torch import nn
 from .data.datasets import TensorData, load_dataset
 from .data.stream import class_incremental
 from .errors import CompactCLError
-from .models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .models.checkpoint import READABLE_FORMATS as CHECKPOINT_FORMATS
 from .models.checkpoint import load_checkpoint, read_header
 
-__all__ = ["load", "resolve_model_path", "checkpoint_data", "check_input", "ARTIFACT_FORMAT"]
-
-ARTIFACT_FORMAT = "compactcl.artifact/1"
+__all__ = ["load", "resolve_model_path", "checkpoint_data", "check_input"]
 
 
 def resolve_model_path(path: str | os.PathLike, which: str = "working") -> Path:
@@ -42,14 +40,14 @@ def load(path: str | os.PathLike) -> nn.Module:
     path = resolve_model_path(path)
     header = read_header(path)
     fmt = header.get("format")
-    if fmt == CHECKPOINT_FORMAT:
+    if fmt in CHECKPOINT_FORMATS:
         return load_checkpoint(path)
-    if fmt == ARTIFACT_FORMAT:
-        from .export.artifact import load_artifact
+    from .export.artifact import READABLE_FORMATS as ARTIFACT_FORMATS, load_artifact
 
+    if fmt in ARTIFACT_FORMATS:
         return load_artifact(path)
     raise CompactCLError(f"{path}: unknown compactcl format {fmt!r}; this version reads "
-                         f"{CHECKPOINT_FORMAT} and {ARTIFACT_FORMAT}")
+                         f"{', '.join(CHECKPOINT_FORMATS + ARTIFACT_FORMATS)}")
 
 
 def check_input(model: nn.Module | dict[str, Any], x: Any, source: str = "input") -> None:

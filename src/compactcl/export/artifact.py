@@ -9,7 +9,7 @@ Layout — three flat tensors and a JSON header (no pickle):
 * ``f32`` : everything else that is float: scales, codebooks, unquantized weights.
 
 The header (safetensors metadata key ``"compactcl"``) is
-``{"format": "compactcl.artifact/1", "spec", "meta", "sha256", "layers"}`` where ``layers``
+``{"format": "compactcl.artifact/2", "spec", "meta", "sha256", "layers"}`` where ``layers``
 maps each module to its state-dict tensors, in file order, with shape and encoding
 (``{"enc": "kmeans", "bits": 3, "shape": [...]}``, ``{"dt": "f16", "shape": [...]}``, ...); each entry's bytes
 follow from its shape and bits, so no offsets are stored. A tensor that is mostly zeros
@@ -39,13 +39,16 @@ from torch import nn
 from ..compress.quantize.packing import pack_bits, packed_nbytes, unpack_bits, unpack_mask
 from ..compress.quantize.state import WeightQuant, get_weight_quant, set_weight_quant
 from ..errors import CompactCLError
-from ..models.checkpoint import model_from_state, read_header, tensor_digest
+from ..models.checkpoint import file_digest, model_from_state, read_header, verify_digest
 from ..utils.atomic import atomic_write_bytes
 from .sparse import best_index_bits, decode_positions, encode_gaps, entries_for
 
 __all__ = ["save_artifact", "load_artifact", "pack_artifact", "artifact_nbytes", "FORMAT"]
 
-FORMAT = "compactcl.artifact/1"
+# /2: the sha256 covers the header (codebooks, scales, shapes live there) as well as the tensors;
+# /1 artifacts (tensor-only digest) are still read.
+FORMAT = "compactcl.artifact/2"
+READABLE_FORMATS = ("compactcl.artifact/1", FORMAT)
 _BLOBS = ("u8", "f16", "f32")
 _NP = {"u8": np.uint8, "f16": np.float16, "f32": np.float32}
 
@@ -241,8 +244,8 @@ def pack_artifact(model: nn.Module, meta: dict[str, Any] | None = None, half: bo
         else:
             raise CompactCLError(f"tensor {key!r} ({t.dtype}, {t.numel()} values) has no artifact encoding")
     tensors = wr.tensors()
-    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "sha256": tensor_digest(tensors),
-              "layers": layers}
+    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "layers": layers}
+    header["sha256"] = file_digest(tensors, header)
     return st_save(tensors, metadata={"compactcl": json.dumps(header, separators=(",", ":"))})
 
 
@@ -262,21 +265,19 @@ def load_artifact(path: str | os.PathLike) -> nn.Module:
     """Rebuild the model of a ``.ccl`` file (eval mode); quantized layers get their ``weight_quant`` back."""
     path = Path(path)
     header = read_header(path)
-    if header.get("format") != FORMAT:
+    if header.get("format") not in READABLE_FORMATS:
         raise CompactCLError(f"{path} has format {header.get('format')!r}, not {FORMAT}; use compactcl.load().")
     try:
         tensors = st_load(path.read_bytes())
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
-    if tensor_digest(tensors) != header.get("sha256"):
-        raise CompactCLError(f"{path}: checksum mismatch, the artifact was changed or corrupted after saving; "
-                             "export it again from its run folder.")
+    verify_digest(header, tensors, path, "Export it again from its run folder.")
     try:
         return _decode(header, tensors, path)
     except CompactCLError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError,
-            MemoryError) as e:  # the header is not covered by the checksum: a damaged one fails here
+            MemoryError) as e:  # a /1 header is not covered by the checksum: a damaged one fails here
         raise CompactCLError(f"{path}: its header does not describe its data ({type(e).__name__}: {str(e)[:200]}); "
                              "the artifact is corrupted or was written by another version. Export it again.") from e
 

@@ -22,9 +22,13 @@ from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
 from .net import create_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_header", "conform_to", "tensor_digest", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_header", "conform_to", "tensor_digest", "file_digest",
+           "verify_digest", "FORMAT", "READABLE_FORMATS"]
 
-FORMAT = "compactcl.checkpoint/1"
+# /2: the sha256 covers the header too (a damaged spec or meta is caught, not just damaged weights);
+# /1 files (tensor-only digest) are still read.
+FORMAT = "compactcl.checkpoint/2"
+READABLE_FORMATS = ("compactcl.checkpoint/1", FORMAT)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -37,10 +41,27 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def file_digest(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
+    """sha256 over the tensors and the header's canonical JSON (every key but ``sha256`` itself)."""
+    rest = {k: v for k, v in header.items() if k != "sha256"}
+    h = hashlib.sha256(tensor_digest(tensors).encode())
+    h.update(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def verify_digest(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                  fix: str) -> None:
+    """Raise unless the header's sha256 matches (format /1: the tensors; later formats: header + tensors)."""
+    legacy = str(header.get("format", "")).endswith("/1")
+    if (tensor_digest(tensors) if legacy else file_digest(tensors, header)) != header.get("sha256"):
+        raise CompactCLError(f"{path}: checksum mismatch, the file was changed or corrupted after saving. {fix}")
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> int:
     """Write ``model`` (spec + fp32 weights) atomically; return the file's size in bytes."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "sha256": tensor_digest(tensors)}
+    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}}
+    header["sha256"] = file_digest(tensors, header)
     atomic_write_bytes(path, st_save(tensors, metadata={"compactcl": json.dumps(header)}))
     return Path(path).stat().st_size
 
@@ -74,9 +95,8 @@ def load_tensors_checked(path: str | os.PathLike, header: dict[str, Any]) -> dic
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
-    if header.get("sha256") and tensor_digest(tensors) != header["sha256"]:
-        raise CompactCLError(f"{path}: checksum mismatch, the weights were changed or corrupted after saving. "
-                             "Use an intact copy (a run folder keeps one per task).")
+    if header.get("sha256"):
+        verify_digest(header, tensors, path, "Use an intact copy (a run folder keeps one per task).")
     return tensors
 
 
@@ -152,6 +172,6 @@ def model_from_state(spec: dict[str, Any], state: dict[str, torch.Tensor], sourc
 def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by :func:`save_checkpoint` (no Python object is unpickled)."""
     header = read_header(path)
-    if header.get("format") != FORMAT:
+    if header.get("format") not in READABLE_FORMATS:
         raise CompactCLError(f"{path} has format {header.get('format')!r}, not a checkpoint; use compactcl.load().")
     return model_from_state(header.get("spec"), load_tensors_checked(path, header), str(path))
