@@ -53,6 +53,22 @@ class Learner:
     def fit_task(self, state: LearnerState, task: Task) -> LearnerState:
         raise NotImplementedError
 
+    def adopt_task(self, state: LearnerState, task: Task, model: nn.Module) -> LearnerState:
+        """Take ``model``, which already learnt ``task`` (a pretrained first task), instead of training:
+        the state ends as :meth:`fit_task` would leave it (labels seen, exemplars chosen)."""
+        if state.seen_labels:
+            raise CompactCLError("a pretrained model can only stand for the first task")
+        if model.num_classes != len(task.labels):
+            raise CompactCLError(f"the pretrained model has {model.num_classes} outputs but the first task has "
+                                 f"{len(task.labels)} classes; set data.first_task_classes: {model.num_classes}")
+        state = copy.copy(state)
+        state.model = model
+        state.task_index = task.index
+        state.seen_labels = list(task.labels)
+        if self.uses_memory:
+            state.memory.update(model, task.train)
+        return state
+
     # helpers shared by the learners -----------------------------------------------------------
     def begin(self, state: LearnerState, task: Task) -> tuple[LearnerState, nn.Module | None]:
         """Freeze a copy of the current model as teacher (learners that distil), grow the head;

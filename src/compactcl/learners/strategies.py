@@ -80,6 +80,11 @@ class Joint(Learner):
         train(state.model, TensorData.cat(state.archive), ce_loss, _cfg(state, task), desc=f"task {task.index}")
         return state
 
+    def adopt_task(self, state: LearnerState, task: Task, model: nn.Module) -> LearnerState:
+        state = super().adopt_task(state, task, model)
+        state.archive = state.archive + [task.train]
+        return state
+
 
 @register_learner
 class LwF(Learner):
@@ -110,6 +115,11 @@ class Replay(Learner):
         train(state.model, self.with_memory(state, task.train), self.loss(old), _cfg(state, task),
               desc=f"task {task.index}")
         state.memory.update(state.model, task.train)
+        state.classifier = "nme" if self.nme else "logits"
+        return state
+
+    def adopt_task(self, state: LearnerState, task: Task, model: nn.Module) -> LearnerState:
+        state = super().adopt_task(state, task, model)
         state.classifier = "nme" if self.nme else "logits"
         return state
 

@@ -53,6 +53,9 @@ class ModelConfig(_Strict):
     head: str | None = None  # external models: the head's module name (default: timm's, or the last nn.Linear)
     pretrained: bool = False  # timm/torchvision pretrained weights (their download is the user's choice)
     weights: str | None = None  # safetensors / state-dict file of features to start from
+    # A compactcl checkpoint or run folder whose model already knows the first task's classes:
+    # task 0 is taken from it (measured, exemplars chosen, compressed), not trained.
+    first_task_from: str | None = None
 
     @field_validator("backbone")
     @classmethod

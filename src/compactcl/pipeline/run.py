@@ -36,7 +36,7 @@ from ..learners.base import LEARNERS
 from ..export.update import update_size
 from ..metrics.continual import summarize
 from ..metrics.model_stats import count_flops, count_params, fp32_bytes
-from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from ..models.net import DERNet, IncrementalNet
 from ..utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils import distributed as dist
@@ -90,6 +90,37 @@ def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
     _check_model_options(recipe, ds.in_channels, ds.input_size)
     cls = DERNet if LEARNERS[recipe.learner.name].grows_branches else IncrementalNet
     return cls(m.backbone, ds.in_channels, ds.input_size, 0, m.options)
+
+
+def first_task_model(recipe: Recipe, stream: Stream) -> nn.Module:
+    """The model named by ``model.first_task_from``, checked to be the first task's model: same
+    kind of network as the learner grows, same input, and the first task's classes in head order."""
+    from ..api import check_input, load, resolve_model_path
+
+    source = recipe.model.first_task_from
+    path = resolve_model_path(source)
+    header = read_header(path)
+    if not str(header.get("format", "")).startswith("compactcl.checkpoint/"):
+        raise CompactCLError(f"model.first_task_from={source}: {path} is a packed deployment artifact, not a "
+                             "full-precision model to learn on; point at a working checkpoint "
+                             "(RUN/tasks/00/working.safetensors, or your model saved with save_checkpoint)")
+    model = load(path)
+    der = LEARNERS[recipe.learner.name].grows_branches
+    if der != isinstance(model, DERNet):
+        raise CompactCLError(f"model.first_task_from={source}: learner {recipe.learner.name!r} needs "
+                             f"{'a DER model (from a der run)' if der else 'a single-backbone model'}, "
+                             f"got a {type(model).__name__}")
+    ds = stream.dataset
+    check_input(model, torch.zeros(1, ds.in_channels, ds.input_size, ds.input_size),
+                f"model.first_task_from={source}")
+    task = stream.tasks[0]
+    want = [stream.class_order[i] for i in task.labels]
+    known = header.get("meta", {}).get("classes")
+    if known is not None and list(known) != want:
+        raise CompactCLError(f"model.first_task_from={source}: its outputs are dataset classes {known} but the "
+                             f"first task holds {want}; set data.class_order to start with {known} (and "
+                             f"data.first_task_classes: {len(known)})")
+    return model
 
 
 def _check_model_options(recipe: Recipe, channels: int, size: int) -> None:
@@ -226,6 +257,9 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     device = resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     stream = build_stream(recipe)
+    # checked before anything is written: a wrong first-task model fails the run at once
+    given_first = (first_task_model(recipe, stream) if recipe.model.first_task_from and not metrics_path.exists()
+                   else None)
     dist.barrier()  # every rank has checked (and a follower copied) the folder before rank 0 writes to it
     atomic_write_text(out / "recipe.yaml", recipe_text)
 
@@ -269,7 +303,11 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             if tb is not None:
                 state.train.on_epoch = lambda epoch, loss, t=task.index: tb.log_epoch(t, epoch, loss)
             t0 = time.perf_counter()
-            state = learner.fit_task(state, task)
+            if task.index == 0 and recipe.model.first_task_from:
+                given = given_first if given_first is not None else first_task_model(recipe, stream)
+                state = learner.adopt_task(state, task, given.to(device))
+            else:
+                state = learner.fit_task(state, task)
             seconds = time.perf_counter() - t0
             task_dir = out / "tasks" / f"{task.index:02d}"
             meta = {"stream": meta_stream, "task": task.index, "labels": state.seen_labels,
