@@ -92,6 +92,8 @@ def prune(args) -> dict:
         "torch-pruning taylor": ("tp", {"importance": "taylor"}),
         "compactcl l2, round_to 8 (nearest)": ("ours", {"importance": "l2", "round_to": 8}),
         "torch-pruning magnitude, round_to 8 (floor)": ("tp", {"importance": "magnitude", "round_to": 8}),
+        "compactcl l2, round_to 8 (floor, as Torch-Pruning)": ("ours", {"importance": "l2", "round_to": 8,
+                                                                         "round_mode": "floor"}),
     }
     rows = {"dense": {"accuracy": accuracy(dense, task.test), "params": count_params(dense),
                       "macs": count_flops(dense, shape), "prune_seconds": 0.0}}
@@ -131,7 +133,7 @@ def quantize(args) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     from compactcl.compress.quantize import QATConfig, config_for, qat_, quantize_
-    from compactcl.export.artifact import save_artifact
+    from compactcl.export.artifact import load_artifact, save_artifact
     from compactcl.export.int8 import _reader, quantize_onnx_int8
     from compactcl.export.onnx import export_onnx
 
@@ -171,8 +173,9 @@ def quantize(args) -> dict:
             else:
                 quantize_(m, cfg)
             secs_q = time.perf_counter() - t0
-            m.eval()
-            rows[name] = {"accuracy": accuracy(m, task.test), "bytes": save_artifact(m, tmp / f"{len(rows)}.ccl"),
+            path = tmp / f"{len(rows)}.ccl"
+            nbytes = save_artifact(m, path)
+            rows[name] = {"accuracy": accuracy(load_artifact(path), task.test), "bytes": nbytes,  # the file, reloaded
                           "quantize_seconds": secs_q, "runs_as": "fp32 ONNX (weights unpacked at load)"}
             print(f"{name}: {rows[name]}", flush=True)
         lat = _latencies(graphs, shape, args.rounds, args.repeats)

@@ -196,3 +196,24 @@ def test_format_1_files_still_load(tmp_path):
     _rewrite_header(path, as_format_1)
     x = torch.randn(4, 1, 8, 8)
     assert torch.equal(compactcl.load(path)(x), net(x))
+
+
+def test_meta_with_integer_keys_verifies_after_a_round_trip(tmp_path):
+    # JSON turns int keys into strings, which sort differently ("10" < "2"): the digest is of what is read back
+    from compactcl.models import load_checkpoint, save_checkpoint
+
+    meta = {"names": {i: f"class {i}" for i in range(12)}, "mixed": {True: 1, "b": 2}}
+    save_checkpoint(_net(), tmp_path / "m.safetensors", meta)
+    load_checkpoint(tmp_path / "m.safetensors")
+    save_artifact(quantize_(_net(), KMeansQuantConfig(bits=4)), tmp_path / "m.ccl", meta)
+    load_artifact(tmp_path / "m.ccl")
+
+
+def test_a_format_2_checkpoint_without_its_digest_is_refused(tmp_path):
+    from compactcl.models import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(_net(), path)
+    _rewrite_header(path, lambda h: h.pop("sha256"))
+    with pytest.raises(CompactCLError, match="checksum"):
+        load_checkpoint(path)

@@ -58,12 +58,23 @@ def test_a_deployed_artifact_is_refused(tmp_path, first):
     model = quantize_(load_checkpoint(first["icarl"][0] / "tasks" / "00" / "working.safetensors"),
                       KMeansQuantConfig(bits=4))
     save_artifact(model, tmp_path / "m.ccl")
-    with pytest.raises(CompactCLError, match="working checkpoint"):
+    with pytest.raises(CompactCLError, match="packed .ccl artifact"):
         _run(tmp_path / "r", ["learner.name=icarl", f"model.first_task_from={tmp_path / 'm.ccl'}"])
 
 
-def test_a_refused_model_leaves_no_run_folder_behind(tmp_path, first):
-    der_task0 = first["der"][0] / "tasks" / "00" / "working.safetensors"
-    with pytest.raises(CompactCLError):
-        _run(tmp_path / "r", ["learner.name=icarl", f"model.first_task_from={der_task0}"])
+def test_a_refused_model_leaves_no_run_folder_behind(tmp_path):
+    # your own model saved without run metadata, with 3 outputs for a first task of 2 classes
+    from compactcl.models import IncrementalNet, save_checkpoint
+
+    save_checkpoint(IncrementalNet("cnn", 1, 8, 3, {"width": 4}), tmp_path / "mine.safetensors")
+    with pytest.raises(CompactCLError, match="first_task_classes: 3"):
+        _run(tmp_path / "r", ["learner.name=icarl", f"model.first_task_from={tmp_path / 'mine.safetensors'}"])
     assert not (tmp_path / "r" / "recipe.yaml").exists()
+
+
+def test_a_run_folder_means_its_first_task_and_the_recipe_must_describe_the_model(tmp_path, first):
+    src_dir, src = first["der"]
+    doc = _run(tmp_path / "r", ["learner.name=der", f"model.first_task_from={src_dir}"])
+    assert doc["tasks"][0]["accuracy"]["working"] == src["tasks"][0]["accuracy"]["working"]
+    with pytest.raises(CompactCLError, match="make them agree"):
+        _run(tmp_path / "w", ["learner.name=der", "model.options.width=8", f"model.first_task_from={src_dir}"])

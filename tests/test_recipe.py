@@ -83,6 +83,10 @@ def test_alias_bomb_is_refused_without_expanding(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(CompactCLError, match="aliases"):
         load_recipe(str(path))
+    cyclic = tmp_path / "cycle.yaml"  # an alias to its own enclosing block
+    cyclic.write_text("version: 1\nmodel: &m {options: {x: *m}}\n")
+    with pytest.raises(CompactCLError, match="aliases"):
+        load_recipe(str(cyclic))
     # a recipe that reuses a block by alias a few times is fine
     ok = tmp_path / "ok.yaml"
     ok.write_text("version: 1\ndata: &d {dataset: digits, tasks: 5}\nmodel: {backbone: cnn, options: {width: 8}}\n")

@@ -17,7 +17,7 @@ import compactcl
 from compactcl import CompactCLError
 from compactcl.cli.main import main
 from compactcl.models import IncrementalNet, save_checkpoint
-from compactcl.models.checkpoint import FORMAT, load_checkpoint
+from compactcl.models.checkpoint import FORMAT, file_digest, load_checkpoint
 from compactcl.models.external import load_weights
 
 SRC = Path(compactcl.__file__).parent
@@ -101,6 +101,7 @@ def test_run_folder_with_a_pickle_as_its_final_model_is_refused(tmp_path):
 def _with_header(tmp_path: Path, spec: dict, tensors=None) -> Path:
     tensors = tensors if tensors is not None else {"head.weight": torch.zeros(2, 2)}
     header = {"format": FORMAT, "spec": spec, "meta": {}}
+    header["sha256"] = file_digest(tensors, header)  # a crafter can compute the digest: the spec is the defence
     path = tmp_path / "crafted.safetensors"
     path.write_bytes(st_save(tensors, metadata={"compactcl": json.dumps(header)}))
     return path

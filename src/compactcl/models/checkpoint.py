@@ -43,7 +43,8 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def file_digest(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
     """sha256 over the tensors and the header's canonical JSON (every key but ``sha256`` itself)."""
-    rest = {k: v for k, v in header.items() if k != "sha256"}
+    # through JSON first: the digest must be of what a reader parses back (int keys become strings)
+    rest = json.loads(json.dumps({k: v for k, v in header.items() if k != "sha256"}))
     h = hashlib.sha256(tensor_digest(tensors).encode())
     h.update(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
@@ -95,7 +96,7 @@ def load_tensors_checked(path: str | os.PathLike, header: dict[str, Any]) -> dic
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
-    if header.get("sha256"):
+    if header.get("sha256") or not str(header.get("format", "")).endswith("/1"):  # /1 files could omit it
         verify_digest(header, tensors, path, "Use an intact copy (a run folder keeps one per task).")
     return tensors
 

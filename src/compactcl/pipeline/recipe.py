@@ -230,6 +230,7 @@ def _expanded_size(obj: Any, memo: dict[int, int], limit: int) -> int:
         return 1
     if id(obj) in memo:
         return memo[id(obj)]
+    memo[id(obj)] = limit + 1  # until counted: an alias to an enclosing node (a cycle) is unbounded
     total = 1
     for child in (obj.values() if isinstance(obj, dict) else obj):
         total += _expanded_size(child, memo, limit)

@@ -93,33 +93,46 @@ def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
 
 
 def first_task_model(recipe: Recipe, stream: Stream) -> nn.Module:
-    """The model named by ``model.first_task_from``, checked to be the first task's model: same
-    kind of network as the learner grows, same input, and the first task's classes in head order."""
-    from ..api import check_input, load, resolve_model_path
+    """The model named by ``model.first_task_from``, checked to be the first task's model: a
+    full-precision checkpoint of the network the recipe describes (the kind the learner grows), for
+    the same data and input, whose head holds the first task's classes in order."""
+    from ..api import check_input, load
 
     source = recipe.model.first_task_from
-    path = resolve_model_path(source)
+    path = Path(source)
+    if path.is_dir():  # a run folder: its first task's model (final/ holds the last task's)
+        path = path / "tasks" / "00" / "working.safetensors"
+    where = f"model.first_task_from={source}"
     header = read_header(path)
     if not str(header.get("format", "")).startswith("compactcl.checkpoint/"):
-        raise CompactCLError(f"model.first_task_from={source}: {path} is a packed deployment artifact, not a "
-                             "full-precision model to learn on; point at a working checkpoint "
-                             "(RUN/tasks/00/working.safetensors, or your model saved with save_checkpoint)")
+        raise CompactCLError(f"{where}: {path} is not a full-precision compactcl checkpoint (format "
+                             f"{header.get('format')!r}; a packed .ccl artifact cannot keep learning); point at "
+                             "RUN/tasks/00/working.safetensors or your model saved with save_checkpoint")
     model = load(path)
     der = LEARNERS[recipe.learner.name].grows_branches
     if der != isinstance(model, DERNet):
-        raise CompactCLError(f"model.first_task_from={source}: learner {recipe.learner.name!r} needs "
+        raise CompactCLError(f"{where}: learner {recipe.learner.name!r} needs "
                              f"{'a DER model (from a der run)' if der else 'a single-backbone model'}, "
                              f"got a {type(model).__name__}")
-    ds = stream.dataset
-    check_input(model, torch.zeros(1, ds.in_channels, ds.input_size, ds.input_size),
-                f"model.first_task_from={source}")
-    task = stream.tasks[0]
-    want = [stream.class_order[i] for i in task.labels]
-    known = header.get("meta", {}).get("classes")
+    spec, m = model.spec, recipe.model
+    if "backbone" in spec and (spec["backbone"], spec.get("backbone_kwargs") or {}) != (m.backbone, m.options):
+        raise CompactCLError(f"{where}: it is a {spec['backbone']} with options {spec.get('backbone_kwargs') or {}}, "
+                             f"the recipe says model.backbone={m.backbone} with options {m.options}; make them "
+                             "agree (new tasks' branches and the recorded recipe follow the recipe)")
+    ds, task = stream.dataset, stream.tasks[0]
+    check_input(model, torch.zeros(1, ds.in_channels, ds.input_size, ds.input_size), where)
+    if model.num_classes != len(task.labels):
+        raise CompactCLError(f"{where}: the model has {model.num_classes} outputs but the first task has "
+                             f"{len(task.labels)} classes; set data.first_task_classes: {model.num_classes}")
+    meta = header.get("meta") if isinstance(header.get("meta"), dict) else {}
+    trained_on = (meta.get("stream") or {}).get("dataset") if isinstance(meta.get("stream"), dict) else None
+    if trained_on is not None and trained_on != recipe.data.dataset:
+        raise CompactCLError(f"{where}: it was trained on {trained_on!r}, the recipe's data.dataset is "
+                             f"{recipe.data.dataset!r}")
+    want, known = [stream.class_order[i] for i in task.labels], meta.get("classes")
     if known is not None and list(known) != want:
-        raise CompactCLError(f"model.first_task_from={source}: its outputs are dataset classes {known} but the "
-                             f"first task holds {want}; set data.class_order to start with {known} (and "
-                             f"data.first_task_classes: {len(known)})")
+        raise CompactCLError(f"{where}: its outputs are dataset classes {known} but the first task holds {want}; "
+                             f"set data.class_order to start with {known}")
     return model
 
 
