@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test data clean lint
+.PHONY: demo test data clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

@@ -16,7 +16,6 @@ Prints a markdown table; writes nothing unless ``--json PATH`` is given.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import statistics
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # table: mean ± std over seeds, and the paired gain over hard labels of the same schedule
     variants = list(dict.fromkeys(r["variant"] for r in result["runs"]))
-    lines = [f"| student variant | val % | test % | test gain vs hard (paired) |", "|---|---|---|---|"]
+    lines = ["| student variant | val % | test % | test gain vs hard (paired) |", "|---|---|---|---|"]
     for v in variants:
         base = "hard labels, short schedule" if "short" in v else "hard labels"
         gains = [a - b for a, b in zip(by_variant(v, "test"), by_variant(base, "test"))]
