@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # reuse prune_latency's data/baseline helpers
@@ -41,20 +40,10 @@ from compactcl.compress.prune import PruneData, StructuredConfig, finetune_, pru
 from compactcl.compress.prune.api import accumulate_grads  # noqa: E402
 from compactcl.compress.prune.structured import refresh_out_dims_  # noqa: E402
 from compactcl.learners import TrainConfig, accuracy  # noqa: E402
-from compactcl.metrics.latency import onnx_latency_ms  # noqa: E402
+from compactcl.metrics.latency import onnx_latency_grid  # noqa: E402
 from compactcl.metrics.model_stats import count_flops, count_params  # noqa: E402
 
 LATENCY_KEYS = [(t, b) for t in (1, 2) for b in (1, 64)]
-
-
-def _latencies(paths: dict[str, Path], shape, rounds: int, repeats: int) -> dict[str, dict[str, float]]:
-    per: dict[str, dict[str, list[float]]] = {name: {} for name in paths}
-    for _ in range(rounds):
-        for name, path in paths.items():
-            for t, b in LATENCY_KEYS:
-                per[name].setdefault(f"t{t}_b{b}", []).append(onnx_latency_ms(path, shape, batch=b, threads=t,
-                                                                              repeats=repeats))
-    return {name: {k: float(np.median(v)) for k, v in d.items()} for name, d in per.items()}
 
 
 def _onnx_accuracy(path: Path, test) -> float:
@@ -120,7 +109,7 @@ def prune(args) -> dict:
         paths = {name: Path(d) / f"{i}.onnx" for i, name in enumerate(models)}
         for name, m in models.items():
             export_onnx(m, paths[name], shape)
-        lat = _latencies(paths, shape, args.rounds, args.repeats)
+        lat = onnx_latency_grid(paths, shape, repeats=args.repeats, rounds=args.rounds)
     for name in rows:
         rows[name]["onnx_ms"] = lat[name]
     return {"figure": "prune", "setup": _setup(args, tr, task), "rows": rows}
@@ -178,7 +167,7 @@ def quantize(args) -> dict:
             rows[name] = {"accuracy": accuracy(load_artifact(path), task.test), "bytes": nbytes,  # the file, reloaded
                           "quantize_seconds": secs_q, "runs_as": "fp32 ONNX (weights unpacked at load)"}
             print(f"{name}: {rows[name]}", flush=True)
-        lat = _latencies(graphs, shape, args.rounds, args.repeats)
+        lat = onnx_latency_grid(graphs, shape, repeats=args.repeats, rounds=args.rounds)
     for name in graphs:
         rows[name]["onnx_ms"] = lat[name]
     setup = _setup(args, tr, task)

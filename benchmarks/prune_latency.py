@@ -78,12 +78,14 @@ def _dense(backbone: str, shape, tr, epochs: int, cache: str | None, tag: str):
 def _interleaved_latency(models: dict, shape, rounds: int = 3, repeats: int = 60) -> dict:
     """ONNX Runtime latency of several models, measured in alternating rounds (a busy machine's
     drift then hits every model alike); the median over rounds is reported."""
-    per: dict = {name: {} for name in models}
-    for _ in range(rounds):
+    from compactcl.export.onnx import export_onnx
+    from compactcl.metrics.latency import onnx_latency_grid
+
+    with tempfile.TemporaryDirectory() as d:
+        paths = {name: Path(d) / f"{i}.onnx" for i, name in enumerate(models)}
         for name, m in models.items():
-            for k, v in onnx_latencies(m, shape, repeats=repeats).items():
-                per[name].setdefault(k, []).append(v)
-    return {name: {k: float(np.median(v)) for k, v in d.items()} for name, d in per.items()}
+            export_onnx(m, paths[name], shape)  # once: the graphs do not change between rounds
+        return onnx_latency_grid(paths, shape, repeats=repeats, rounds=rounds)
 
 
 def channels(args) -> dict:

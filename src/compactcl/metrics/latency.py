@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Mapping
 
 import numpy as np
 
-__all__ = ["onnx_latency_ms", "torch_latency_ms"]
+__all__ = ["onnx_latency_ms", "onnx_latency_grid", "torch_latency_ms"]
 
 
 def _session(path: str | os.PathLike, threads: int):
@@ -35,6 +36,22 @@ def onnx_latency_ms(path: str | os.PathLike, input_shape: tuple[int, ...], batch
         sess.run(None, {name: x})
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
+
+
+def onnx_latency_grid(paths: Mapping[str, str | os.PathLike], input_shape: tuple[int, ...],
+                      threads: tuple[int, ...] = (1, 2), batches: tuple[int, ...] = (1, 64), repeats: int = 50,
+                      rounds: int = 1) -> dict[str, dict[str, float]]:
+    """Median milliseconds of each ONNX model in ``paths`` at every thread count and batch, keyed
+    ``{name: {"t{threads}_b{batch}": ms}}``. With ``rounds > 1`` the models are measured in alternating
+    rounds (a busy machine's drift then hits every model alike) and the median over rounds is kept."""
+    per: dict[str, dict[str, list[float]]] = {name: {} for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            for t in threads:
+                for b in batches:
+                    per[name].setdefault(f"t{t}_b{b}", []).append(
+                        onnx_latency_ms(path, input_shape, batch=b, threads=t, repeats=repeats))
+    return {name: {k: float(np.median(v)) for k, v in d.items()} for name, d in per.items()}
 
 
 def torch_latency_ms(model, input_shape: tuple[int, ...], batch: int = 1, repeats: int = 50, warmup: int = 10) -> float:

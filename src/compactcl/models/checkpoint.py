@@ -50,11 +50,15 @@ def file_digest(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> str
     return h.hexdigest()
 
 
+def _format_1(header: dict[str, Any]) -> bool:
+    """Files of format /1 digested their tensors only, and checkpoints could omit the digest."""
+    return str(header.get("format", "")).endswith("/1")
+
+
 def verify_digest(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                   fix: str) -> None:
     """Raise unless the header's sha256 matches (format /1: the tensors; later formats: header + tensors)."""
-    legacy = str(header.get("format", "")).endswith("/1")
-    if (tensor_digest(tensors) if legacy else file_digest(tensors, header)) != header.get("sha256"):
+    if (tensor_digest(tensors) if _format_1(header) else file_digest(tensors, header)) != header.get("sha256"):
         raise CompactCLError(f"{path}: checksum mismatch, the file was changed or corrupted after saving. {fix}")
 
 
@@ -96,7 +100,7 @@ def load_tensors_checked(path: str | os.PathLike, header: dict[str, Any]) -> dic
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
-    if header.get("sha256") or not str(header.get("format", "")).endswith("/1"):  # /1 files could omit it
+    if header.get("sha256") or not _format_1(header):
         verify_digest(header, tensors, path, "Use an intact copy (a run folder keeps one per task).")
     return tensors
 

@@ -274,16 +274,24 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
 
     # (1) teacher, fp32
     t0 = time.perf_counter()
-    teacher_path = out / "teacher.safetensors"
-    if resume and teacher_path.exists():
-        teacher = load_checkpoint(teacher_path).to(device)
-        log(f"ladder: reusing {teacher_path}")
-    else:
-        teacher = IncrementalNet(recipe.model.backbone, ds.in_channels, ds.input_size, n_classes,
-                                 recipe.model.options).to(device)
-        train(teacher, train_data, cross_entropy, tc(cfg.teacher_epochs, cfg.lr), desc="teacher")
-        save_checkpoint(teacher, teacher_path, meta)
-    teacher = teacher.cpu().eval()
+    def trained_once(name: str, build: Callable[[], "nn.Module"]) -> "nn.Module":
+        """The model saved as ``name`` by an interrupted run being resumed (training is the slow
+        part), else ``build()``, saved there."""
+        path = out / name
+        if resume and path.exists():
+            log(f"ladder: reusing {path}")
+            return load_checkpoint(path).to(device)
+        model = build()
+        save_checkpoint(model, path, meta)
+        return model
+
+    def train_teacher() -> "nn.Module":
+        net = IncrementalNet(recipe.model.backbone, ds.in_channels, ds.input_size, n_classes,
+                             recipe.model.options).to(device)
+        train(net, train_data, cross_entropy, tc(cfg.teacher_epochs, cfg.lr), desc="teacher")
+        return net
+
+    teacher = trained_once("teacher.safetensors", train_teacher).cpu().eval()
     rows.append(m.row(1, STAGES[0], teacher, False, time.perf_counter() - t0,
                       f"{recipe.model.backbone} {recipe.model.options}, {cfg.teacher_epochs} epochs",
                       "bytes: fp32 .ccl artifact (float32 weights)"))
@@ -310,18 +318,15 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
 
     # (4) a smaller student distilled from the fp32 teacher's soft targets, int8 weights
     t0 = time.perf_counter()
-    student_path = out / "student.safetensors"
-    if resume and student_path.exists():
-        student = load_checkpoint(student_path).to(device)
-        log(f"ladder: reusing {student_path}")
-    else:
+    def distill_student() -> "nn.Module":
         torch.manual_seed(recipe.seed + 2)
-        student = create_student(cfg.student, teacher, n_classes, **cfg.student_options).to(device)
-        distill(frozen.to(device), student, train_data,
-                DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, epochs=cfg.distill_epochs, lr=cfg.lr,
-                              batch_size=cfg.batch_size, device=device, seed=recipe.seed + 2, progress=progress))
-        save_checkpoint(student, student_path, meta)
-    student = student.cpu().eval()
+        net = create_student(cfg.student, teacher, n_classes, **cfg.student_options).to(device)
+        return distill(frozen.to(device), net, train_data,
+                       DistillConfig(temperature=cfg.temperature, alpha=cfg.alpha, epochs=cfg.distill_epochs,
+                                     lr=cfg.lr, batch_size=cfg.batch_size, device=device, seed=recipe.seed + 2,
+                                     progress=progress))
+
+    student = trained_once("student.safetensors", distill_student).cpu().eval()
     rows.append(m.row(4, STAGES[3], quantize_(copy.deepcopy(student), LinearQuantConfig(bits=8, per_channel=True)),
                       True, time.perf_counter() - t0,
                       f"{cfg.student} {student.spec['backbone_kwargs']}, KD T={cfg.temperature} alpha={cfg.alpha}, "

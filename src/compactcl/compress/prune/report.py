@@ -43,13 +43,9 @@ def onnx_latencies(model: nn.Module, input_shape: tuple[int, ...], threads: tupl
                    batches: tuple[int, ...] = (1, 64), repeats: int = 50) -> dict[str, float]:
     """Median ONNX Runtime milliseconds, keyed ``"t{threads}_b{batch}"``."""
     from ...export.onnx import export_onnx
-    from ...metrics.latency import onnx_latency_ms
+    from ...metrics.latency import onnx_latency_grid
 
-    out = {}
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.onnx"
         export_onnx(model, path, input_shape)
-        for t in threads:
-            for b in batches:
-                out[f"t{t}_b{b}"] = onnx_latency_ms(path, input_shape, batch=b, threads=t, repeats=repeats)
-    return out
+        return onnx_latency_grid({"model": path}, input_shape, threads, batches, repeats)["model"]
