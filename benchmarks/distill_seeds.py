@@ -28,7 +28,7 @@ from torch import nn
 
 from compactcl.compress.distill import DistillConfig, create_student, distill
 from compactcl.data import TensorData, load_dataset
-from compactcl.learners.loop import TrainConfig, accuracy, train
+from compactcl.engine.loop import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 
 

@@ -50,7 +50,7 @@ def main() -> None:
         train_x, test_x, test_y, shape = data["train"].x, data["test"].x, data["test"].y, data["input_shape"]
     else:
         from compactcl.data import class_incremental, load_dataset
-        from compactcl.learners import TrainConfig, train
+        from compactcl.engine import TrainConfig, train
         from compactcl.models import IncrementalNet
 
         torch.manual_seed(0)

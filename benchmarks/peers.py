@@ -39,7 +39,7 @@ from prune_latency import _data, _dense  # noqa: E402
 from compactcl.compress.prune import PruneData, StructuredConfig, finetune_, prune_  # noqa: E402
 from compactcl.compress.prune.api import accumulate_grads  # noqa: E402
 from compactcl.compress.prune.structured import refresh_out_dims_  # noqa: E402
-from compactcl.learners import TrainConfig, accuracy  # noqa: E402
+from compactcl.engine import TrainConfig, accuracy  # noqa: E402
 from compactcl.metrics.latency import onnx_latency_grid  # noqa: E402
 from compactcl.metrics.model_stats import count_flops, count_params  # noqa: E402
 

@@ -29,7 +29,7 @@ from compactcl.compress.prune.api import cross_entropy
 from compactcl.compress.prune.report import onnx_latencies, save_model
 from compactcl.compress.prune.unstructured import layer_sparsity
 from compactcl.data import TensorData, class_incremental, load_dataset
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.metrics.model_stats import count_flops, count_nonzero, count_params
 from compactcl.models import IncrementalNet
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from compactcl.compress.quantize import QATConfig, config_for, qat_, quantize_, search_layer_bits
 from compactcl.data import class_incremental, load_dataset
 from compactcl.export.artifact import save_artifact
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.metrics.model_stats import fp32_bytes
 from compactcl.models import IncrementalNet
 

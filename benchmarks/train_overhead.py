@@ -1,7 +1,7 @@
 """Overhead of compactcl's training loop against a bare PyTorch loop, measured side by side.
 
 CPU section: one epoch (same steps, same batch, same model, same in-memory tensors, same
-optimizer: SGD momentum 0.9, wd 5e-4) of ``compactcl.learners.loop.train`` with the
+optimizer: SGD momentum 0.9, wd 5e-4) of ``compactcl.engine.loop.train`` with the
 fine-tuning loss vs a hand-written loop (randperm, index, forward, cross-entropy, zero_grad,
 backward, step). Models: the MLP 784-400-400 and the small CNN (width 32) on Fashion-MNIST
 (falls back to the built-in digits when the IDX files are absent). The two loops alternate,
@@ -27,7 +27,7 @@ from torch import nn
 
 from compactcl.data import load_dataset
 from compactcl.data.datasets import TensorData
-from compactcl.learners.loop import TrainConfig, train
+from compactcl.engine.loop import TrainConfig, train
 from compactcl.models import IncrementalNet
 
 

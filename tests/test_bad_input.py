@@ -172,20 +172,21 @@ def test_checkpoint_whose_recorded_data_does_not_fit_it(tmp_path, capsys):
 # --- NaN / inf loss --------------------------------------------------------------------------
 
 def test_diverging_task_stops_names_the_step_and_keeps_the_last_good_task(tiny, tmp_path, monkeypatch):
-    from compactcl.learners import loop, strategies
+    from compactcl.engine import loop
+    from compactcl.learners import base
 
     recipe = load_recipe(tiny)
     _quiet(recipe, tmp_path / "ref")  # what task 0 looks like when nothing diverges
     real_train = loop.train
 
-    def train(model, data, loss_fn, cfg, desc="train"):
+    def train(model, data, loss_fn, cfg, desc="train", hooks=None):
         if desc != "task 1":
-            return real_train(model, data, loss_fn, cfg, desc)
+            return real_train(model, data, loss_fn, cfg, desc, hooks)
         steps = iter(range(10 ** 6))
         nan_at_3 = lambda m, x, y: loss_fn(m, x, y) * (float("nan") if next(steps) == 3 else 1.0)  # noqa: E731
-        return real_train(model, data, nan_at_3, cfg, desc)
+        return real_train(model, data, nan_at_3, cfg, desc, hooks)
 
-    monkeypatch.setattr(strategies, "train", train)
+    monkeypatch.setattr(base, "train", train)
     out = tmp_path / "run"
     with pytest.raises(CompactCLError, match=r"task 1: loss became nan at epoch 0, step 3.*learner.lr"):
         _quiet(recipe, out)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from compactcl import CompactCLError
 from compactcl.data import class_incremental
-from compactcl.learners.loop import TrainConfig, accuracy, train
+from compactcl.engine.loop import TrainConfig, TrainHooks, accuracy, train
 from compactcl.models import IncrementalNet
 
 
@@ -70,7 +70,8 @@ def test_loss_history_unchanged_by_device_side_accumulation(task):
     torch.manual_seed(0)
     model = IncrementalNet("mlp", 1, 8, 10, {"hidden": [32]})
     seen = []
-    h = train(model, task.train, _ce, TrainConfig(epochs=2, batch_size=50, on_epoch=lambda e, v: seen.append((e, v))))
+    h = train(model, task.train, _ce, TrainConfig(epochs=2, batch_size=50),
+              hooks=TrainHooks(end_epoch=lambda m, e, v: seen.append((e, v))))
     assert [v for _, v in seen] == h and len(h) == 2 and h[1] < h[0]
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from compactcl.compress.distill import DistillConfig, create_student, distill, list_students
 from compactcl.data import TensorData
 from compactcl.errors import CompactCLError
-from compactcl.learners.loop import TrainConfig, accuracy, train
+from compactcl.engine.loop import TrainConfig, accuracy, train
 from compactcl.models import DERNet, IncrementalNet, list_backbones
 
 

@@ -33,7 +33,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from compactcl.data import class_incremental, load_dataset
-from compactcl.learners.loop import TrainConfig, train
+from compactcl.engine.loop import TrainConfig, train
 from compactcl.models import DERNet, IncrementalNet
 
 pytestmark = pytest.mark.skipif(not torch_dist.is_available() or not torch_dist.is_gloo_available(),

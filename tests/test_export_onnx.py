@@ -13,7 +13,7 @@ from compactcl.data import class_incremental, load_dataset
 from compactcl.errors import CompactCLError
 from compactcl.export.int8 import quantize_onnx_int8
 from compactcl.export.onnx import export_checked
-from compactcl.learners import TrainConfig, train
+from compactcl.engine import TrainConfig, train
 from compactcl.models import IncrementalNet, save_checkpoint
 
 

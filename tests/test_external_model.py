@@ -13,10 +13,10 @@ import compactcl
 from byo_models import TinyResNet, tiny_mobilenet, tiny_resnet
 from compactcl.data import ExemplarMemory, TensorData, class_incremental
 from compactcl.errors import CompactCLError
-from compactcl.learners import LearnerState, TrainConfig, accuracy, create_learner, train
-from compactcl.models import (ExternalNet, create_external, create_model, from_module, load_weights,
-                              pretrained_state, save_checkpoint)
-from compactcl.models.external import hub_model, is_external_name, shift_task
+from compactcl.learners import LearnerState, create_learner, pretrained_state, shift_task
+from compactcl.engine import TrainConfig, accuracy, train
+from compactcl.models import ExternalNet, create_external, create_model, from_module, load_weights, save_checkpoint
+from compactcl.models.external import hub_model, is_external_name
 
 MODELS = [(tiny_resnet, "fc"), (tiny_mobilenet, "classifier.1")]
 

@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from compactcl.data import ExemplarMemory, class_incremental
-from compactcl.learners import LEARNERS, LearnerState, TrainConfig, accuracy, create_learner
+from compactcl.learners import LEARNERS, LearnerState, create_learner
+from compactcl.engine import TrainConfig, accuracy
 from compactcl.models import DERNet, IncrementalNet
 
 
 def run_stream(digits, name, epochs=6, **opts):
     torch.manual_seed(0)
     stream = class_incremental(digits, tasks=3, classes_per_task=2, seed=0)
-    cls = DERNet if LEARNERS[name].grows_branches else IncrementalNet
-    model = cls("mlp", 1, 8, 0, {"hidden": [64]})
+    model = LEARNERS[name].build_model("mlp", 1, 8, {"hidden": [64]})
     state = LearnerState(model, ExemplarMemory(60), TrainConfig(epochs=epochs, lr=0.05, batch_size=32))
     learner = create_learner(name, **opts)
     sizes = []

@@ -6,7 +6,7 @@ import torch
 from compactcl.cli.main import build_parser, main
 from compactcl.compress.prune.api import cross_entropy
 from compactcl.data import class_incremental, load_dataset
-from compactcl.learners import TrainConfig, train
+from compactcl.engine import TrainConfig, train
 from compactcl.models import IncrementalNet, load_checkpoint, save_checkpoint
 
 

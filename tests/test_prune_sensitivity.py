@@ -9,7 +9,7 @@ from compactcl.compress.prune.api import cross_entropy
 from compactcl.compress.prune.sensitivity import allowed_ratio
 from compactcl.data import class_incremental
 from compactcl.errors import CompactCLError
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 
 RATIOS = [0.0, 0.2, 0.4, 0.6, 0.8]

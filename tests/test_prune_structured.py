@@ -7,7 +7,7 @@ import torch
 from compactcl.compress.prune import PruneData, StructuredConfig, channel_counts, finetune_, prune_, prune_channels_
 from compactcl.compress.prune.api import cross_entropy
 from compactcl.data import class_incremental
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.metrics.model_stats import count_flops, count_params
 from compactcl.models import DERNet, IncrementalNet, load_checkpoint, save_checkpoint
 

@@ -9,7 +9,7 @@ from compactcl.compress.prune.api import L1Config, cross_entropy
 from compactcl.compress.prune.unstructured import is_masked, layer_sparsity
 from compactcl.data import class_incremental
 from compactcl.errors import CompactCLError
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 
 

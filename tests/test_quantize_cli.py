@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import compactcl
 from compactcl.cli.main import build_parser, main
 from compactcl.data import class_incremental, load_dataset
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet, save_checkpoint
 
 

@@ -12,7 +12,7 @@ from compactcl.compress.quantize import (KMeansQuantConfig, LinearQuantConfig, L
 from compactcl.compress.quantize.qat import SharedWeights
 from compactcl.compress.quantize.state import WeightQuant
 from compactcl.data import class_incremental
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 
 

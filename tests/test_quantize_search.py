@@ -10,7 +10,7 @@ from compactcl.compress.quantize import quantize_, quantized_layers, search_laye
 from compactcl.data import class_incremental
 from compactcl.errors import CompactCLError
 from compactcl.export.artifact import artifact_nbytes
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 
 

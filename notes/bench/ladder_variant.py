@@ -7,7 +7,7 @@ from compactcl.pipeline.ladder import _kd, _subset
 from compactcl.models.checkpoint import load_checkpoint
 from compactcl.compress.quantize import KMeansQuantConfig, QATConfig, qat_
 from compactcl.export.artifact import save_artifact, load_artifact
-from compactcl.learners.loop import accuracy
+from compactcl.engine.loop import accuracy
 r = load_recipe("ladder", ["data.dataset=fashion-mnist"])
 task = build_stream(r).tasks[0]
 train = _subset(task.train, 20000, 0)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..compress.prune import PruneData, config_for, finalize_, finetune_, prune_
     from ..compress.prune.report import model_figures, onnx_latencies, save_model
     from ..errors import CompactCLError
-    from ..learners.loop import TrainConfig
+    from ..engine.loop import TrainConfig
     from ..models.checkpoint import read_header
 
     out = Path(args.out)

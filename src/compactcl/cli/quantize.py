@@ -47,7 +47,7 @@ def run(args) -> int:
     from ..compress.quantize import QATConfig, qat_, quantize_
     from ..errors import CompactCLError
     from ..export.artifact import save_artifact
-    from ..learners.loop import accuracy
+    from ..engine.loop import accuracy
     from ..metrics.model_stats import fp32_bytes
     from ..models.checkpoint import read_header
 

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..compress.prune import ratios_for_target, save_sensitivity, sensitivity_analysis
     from ..compress.prune.importance import NEEDS_GRAD, get_importance
     from ..errors import CompactCLError
-    from ..learners.loop import accuracy
+    from ..engine.loop import accuracy
 
     ratios = _ratios(args.ratios)
     get_importance(args.importance)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
-from .net import create_model
+from .protocol import create_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_header", "conform_to", "tensor_digest", "file_digest",
            "verify_digest", "FORMAT", "READABLE_FORMATS"]

@@ -19,21 +19,20 @@ function that is already installed, and compactcl calls only functions marked wi
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import CompactCLError
-from .net import grow_linear
+from .protocol import empty_linear, grow_linear, register_model_kind
 
 __all__ = ["ExternalNet", "from_module", "model_factory", "load_weights", "create_external", "is_external_name",
-           "hub_model", "model_from_spec", "pretrained_state", "shift_task", "FACTORY_MARK"]
+           "hub_model", "model_from_spec", "FACTORY_MARK"]
 
 FACTORY_MARK = "__compactcl_model_factory__"
 _HUBS = {"timm": "timm", "torchvision": "torchvision"}
@@ -107,6 +106,9 @@ class ExternalNet(nn.Module):
     ``module.<user key>``.
     """
 
+    kind: ClassVar[str] = "external"
+    grows_branches: ClassVar[bool] = False
+
     def __init__(self, module: nn.Module, head: str = "fc", factory: str | None = None,
                  factory_kwargs: dict[str, Any] | None = None, in_channels: int | None = None,
                  input_size: int | None = None):
@@ -174,6 +176,9 @@ class ExternalNet(nn.Module):
         new.requires_grad_(old.weight.requires_grad)
         self.head = new
 
+    def single_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # one backbone: a wrapped model never adds branches
+
 
 def from_module(model: nn.Module, head: str = "fc", factory: str | Callable[..., nn.Module] | None = None,
                 factory_kwargs: dict[str, Any] | None = None, in_channels: int | None = None,
@@ -199,6 +204,7 @@ def from_module(model: nn.Module, head: str = "fc", factory: str | Callable[...,
 def model_from_spec(spec: dict[str, Any]) -> ExternalNet:
     """Rebuild an (untrained) wrapped model from its spec: call the factory, size the head."""
     spec = copy.deepcopy(spec)
+    spec.pop("kind", None)
     factory = _resolve_factory(spec["factory"])
     module = factory(**spec.get("factory_kwargs", {}))
     if not isinstance(module, nn.Module):
@@ -325,7 +331,6 @@ def create_external(name: str, num_classes: int, in_channels: int = 3, pretraine
 
     >>> net = create_external("timm:resnet18", num_classes=10)  # doctest: +SKIP
     """
-    from .net import _linear
 
     built = max(int(num_classes), 1)  # timm turns num_classes=0 into an Identity head: build one, empty it below
     hub, _, rest = name.partition(":")
@@ -346,7 +351,7 @@ def create_external(name: str, num_classes: int, in_channels: int = 3, pretraine
         head = _head_path(module, getter() if callable(getter) else None)
     net = ExternalNet(module, head, path, kwargs, in_channels, input_size)
     if num_classes == 0:
-        net.head = _linear(net.head.in_features, 0)
+        net.head = empty_linear(net.head.in_features, 0)
     return net
 
 
@@ -355,43 +360,4 @@ def is_external_name(name: str) -> bool:
     return name.partition(":")[0] in ("timm", "torchvision", "module") and ":" in name
 
 
-# --- start from a pretrained model -----------------------------------------------------------
-
-
-def pretrained_state(model: nn.Module, known_classes: int | None = None, memory: Any = None, train: Any = None,
-                     old_data: Any = None) -> Any:
-    """A :class:`~compactcl.learners.LearnerState` in which task 0 is what ``model`` already knows.
-
-    The head's outputs ``0..known_classes-1`` count as seen labels, so a learner's ``fit_task``
-    on the next task (labels from ``known_classes`` on; see :func:`shift_task`) grows the head
-    and distils from the pretrained model. ``old_data`` (TensorData of old classes, labels
-    ``0..known-1``), if you have some, fills the exemplar memory for replay learners.
-    Learners grow and train the model in place: pass ``copy.deepcopy(model)`` to keep the original.
-    """
-    from ..data.memory import ExemplarMemory
-    from ..learners.base import LearnerState
-    from ..learners.loop import TrainConfig
-
-    model = from_module(model) if not hasattr(model, "grow") else model
-    known = model.num_classes if known_classes is None else int(known_classes)
-    if known != model.num_classes:
-        raise CompactCLError(f"known_classes={known} but the model's head has {model.num_classes} outputs; "
-                             "the head's outputs are the known classes")
-    memory = memory if memory is not None else ExemplarMemory(size=0)
-    if old_data is not None and memory.size:
-        memory.update(model, old_data)
-    return LearnerState(model=model, memory=memory, train=train or TrainConfig(), task_index=0,
-                        seen_labels=list(range(known)))
-
-
-def shift_task(task: Any, known_classes: int, index_offset: int = 1) -> Any:
-    """The same task with labels moved past the ``known_classes`` of a pretrained head.
-
-    Why: streams number their classes from 0; after a pretrained model, new classes must take
-    the head outputs after the known ones, and task 0 is the pretrained model.
-    """
-    def move(d: Any) -> Any:
-        return dataclasses.replace(d, y=d.y + known_classes)
-
-    return dataclasses.replace(task, index=task.index + index_offset, labels=[l + known_classes for l in task.labels],
-                               train=move(task.train), val=move(task.val), test=move(task.test))
+register_model_kind(ExternalNet.kind, model_from_spec)

@@ -1,40 +1,20 @@
 """Classifiers that grow: one backbone + expandable head, or DER's one-branch-per-task net.
 
-Every model exposes the same small interface that learners and compressors use:
-``features(x) -> (B, D)``, ``head`` (an ``nn.Linear``), ``forward(x) -> (B, num_classes)``,
-``grow(n_new)`` to add classes, and ``spec`` (a JSON-able description to rebuild it).
+Both are :class:`~compactcl.models.protocol.IncrementalModel` s, registered as model kinds
+``single`` and ``der``.
 """
 
 from __future__ import annotations
 
-import copy
-import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .backbones import create_backbone
+from .protocol import empty_linear, grow_linear, head_params, register_model_kind
 
-__all__ = ["IncrementalNet", "DERNet", "create_model", "grow_linear"]
-
-
-def _linear(in_features: int, out_features: int) -> nn.Linear:
-    """nn.Linear that may start with zero outputs (a head before its first task) without a warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        return nn.Linear(in_features, out_features)
-
-
-def grow_linear(layer: nn.Linear, n_new: int) -> nn.Linear:
-    """A copy of ``layer`` with ``n_new`` more outputs; old rows are kept exactly."""
-    grown = nn.Linear(layer.in_features, layer.out_features + n_new, bias=layer.bias is not None)
-    grown = grown.to(layer.weight.device, layer.weight.dtype)
-    with torch.no_grad():
-        grown.weight[: layer.out_features] = layer.weight
-        if layer.bias is not None:
-            grown.bias[: layer.out_features] = layer.bias
-    return grown
+__all__ = ["IncrementalNet", "DERNet"]
 
 
 class IncrementalNet(nn.Module):
@@ -45,6 +25,9 @@ class IncrementalNet(nn.Module):
     torch.Size([3, 4])
     """
 
+    kind: ClassVar[str] = "single"
+    grows_branches: ClassVar[bool] = False
+
     def __init__(self, backbone: str, in_channels: int, input_size: int, num_classes: int = 0,
                  backbone_kwargs: dict[str, Any] | None = None):
         super().__init__()
@@ -52,7 +35,7 @@ class IncrementalNet(nn.Module):
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.in_channels, self.input_size = in_channels, input_size
         self.backbone = create_backbone(backbone, in_channels, input_size, **self.backbone_kwargs)
-        self.head = _linear(self.backbone.out_dim, num_classes)
+        self.head = empty_linear(self.backbone.out_dim, num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -72,6 +55,9 @@ class IncrementalNet(nn.Module):
     def grow(self, n_new: int) -> None:
         self.head = grow_linear(self.head, n_new)
 
+    def single_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
 
 class DERNet(nn.Module):
     """Dynamically Expandable Representation (Yan et al., CVPR 2021).
@@ -82,6 +68,9 @@ class DERNet(nn.Module):
     backbone per task, which is why its deployed form must be compressed.
     """
 
+    kind: ClassVar[str] = "der"
+    grows_branches: ClassVar[bool] = True
+
     def __init__(self, backbone: str, in_channels: int, input_size: int, num_classes: int = 0,
                  backbone_kwargs: dict[str, Any] | None = None, branches: int = 0, aux_classes: int = 0):
         super().__init__()
@@ -90,7 +79,7 @@ class DERNet(nn.Module):
         self.in_channels, self.input_size = in_channels, input_size
         self.branches = nn.ModuleList(
             create_backbone(backbone, in_channels, input_size, **self.backbone_kwargs) for _ in range(branches))
-        self.head = _linear(sum(b.out_dim for b in self.branches), num_classes)
+        self.head = empty_linear(sum(b.out_dim for b in self.branches), num_classes)
         self.aux_head: nn.Linear | None = nn.Linear(self.branches[-1].out_dim, aux_classes) if aux_classes else None
 
     @property
@@ -140,6 +129,10 @@ class DERNet(nn.Module):
     def end_task(self) -> None:
         self.aux_head = None
 
+    def single_params(self) -> int:
+        one = self.branches[0]
+        return sum(p.numel() for p in one.parameters()) + head_params(one.out_dim, self.num_classes)
+
     def train(self, mode: bool = True) -> "DERNet":
         super().train(mode)
         for branch in self.branches[:-1]:  # frozen branches keep their batch-norm statistics
@@ -147,16 +140,5 @@ class DERNet(nn.Module):
         return self
 
 
-def create_model(spec: dict[str, Any]) -> nn.Module:
-    """Build an (untrained) model from its ``spec``."""
-    spec = copy.deepcopy(spec)
-    kind = spec.pop("kind")
-    if kind == "single":
-        return IncrementalNet(**spec)
-    if kind == "der":
-        return DERNet(**spec)
-    if kind == "external":  # a user model rebuilt by its (marked) factory; see models/external.py
-        from .external import model_from_spec
-
-        return model_from_spec({"kind": kind, **spec})
-    raise ValueError(f"unknown model kind {kind!r}; expected 'single', 'der' or 'external'")
+register_model_kind(IncrementalNet.kind, lambda spec: IncrementalNet(**spec))
+register_model_kind(DERNet.kind, lambda spec: DERNet(**spec))

@@ -31,7 +31,8 @@ from torch import nn
 from ..data.datasets import TensorData
 from ..data.stream import Task
 from ..errors import CompactCLError
-from ..learners.loop import TrainConfig, accuracy, train
+from ..engine.loop import TrainConfig, accuracy, train
+from ..models.protocol import IncrementalModel
 
 __all__ = ["CompressConfig", "Budget", "make_deployer", "STEP_TYPES"]
 
@@ -131,7 +132,7 @@ class CompressConfig(_Strict):
 
 def kd_train_loss(teacher: nn.Module, temperature: float, alpha: float):
     """Hard labels + soft targets of the working model (used by every fine-tune here)."""
-    from ..compress.distill.losses import kd_ce_loss
+    from ..engine.losses import kd_ce_loss
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -141,17 +142,14 @@ def kd_train_loss(teacher: nn.Module, temperature: float, alpha: float):
     return loss
 
 
-def budget_bytes(budget: Budget, working: nn.Module) -> int | None:
+def budget_bytes(budget: Budget, working: IncrementalModel) -> int | None:
     """The byte budget: explicit, or a fraction of ONE fp32 backbone with a head for the classes
     seen — what a single, non-growing model would weigh (DER's working model holds one per task)."""
     if budget.bytes is not None:
         return budget.bytes
     if budget.fraction_of_backbone is None:
         return None
-    branch = working.branches[0] if hasattr(working, "branches") else working.backbone
-    n_classes = working.num_classes
-    one = sum(p.numel() for p in branch.parameters()) + branch.out_dim * n_classes + n_classes
-    return int(4 * one * budget.fraction_of_backbone)
+    return int(4 * working.single_params() * budget.fraction_of_backbone)
 
 
 def deploy_data(task: Task, memory, balance: float | None, seed: int) -> TensorData:

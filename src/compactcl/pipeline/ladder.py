@@ -111,7 +111,7 @@ def _kd(teacher: "nn.Module", temperature: float, alpha: float):
     """Fine-tuning loss: hard labels + the fp32 teacher's soft targets."""
     import torch
 
-    from ..compress.distill.losses import kd_ce_loss
+    from ..engine.losses import kd_ce_loss
 
     def loss(model: "nn.Module", x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
         with torch.no_grad():
@@ -169,7 +169,7 @@ class _Measurer:
             description: str, note: str = "") -> dict[str, Any]:
         from ..export.artifact import load_artifact, save_artifact
         from ..export.onnx import agreement, export_onnx, onnx_predict
-        from ..learners.loop import accuracy
+        from ..engine.loop import accuracy
         from ..metrics.model_stats import count_flops, count_params
 
         model = model.cpu().eval()
@@ -229,7 +229,7 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
     from ..compress.prune import PruneData, StructuredConfig, finalize_, finetune_, prune_
     from ..compress.quantize import LinearQuantConfig, QATConfig, config_for, qat_, quantize_
     from ..errors import CompactCLError
-    from ..learners.loop import TrainConfig, train
+    from ..engine.loop import TrainConfig, train
     from ..models.backbones import list_backbones
     from ..models.checkpoint import load_checkpoint, save_checkpoint
     from ..models.net import IncrementalNet

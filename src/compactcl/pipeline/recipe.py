@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from ..errors import CompactCLError
 from .compress import CompressConfig
@@ -69,32 +69,12 @@ class ModelConfig(_Strict):
         return v
 
 
-class LearnerConfig(_Strict):
-    name: str = "icarl"
-    epochs: int = Field(10, ge=0)
-    iterations: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.05, gt=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    temperature: float = Field(2.0, gt=0)
-    distill_weight: float = Field(1.0, ge=0)
-    nme: bool = False
-    augment: bool = False  # random crop (pad 2) + horizontal flip of training batches
-    bf16: bool = False  # autocast forward + loss to bfloat16 (CUDA; works on CPU, usually slower there)
-    channels_last: bool | None = None  # None: on for conv models on CUDA, off on CPU
-    compile: bool = False  # torch.compile the training step
+def _learner_section(section: Any) -> Any:
+    """The ``learner:`` section, validated by the options of the learner it names (each learner
+    file declares its own; see compactcl.learners.base.LearnerOptions)."""
+    from ..learners import learner_options
 
-    @field_validator("name")
-    @classmethod
-    def _known_learner(cls, v: str) -> str:
-        from ..learners import list_learners
-
-        if v not in list_learners():
-            raise ValueError(f"unknown learner {v!r}; allowed: {', '.join(list_learners())}")
-        return v
+    return learner_options(section if section is not None else {})
 
 
 class MemoryConfig(_Strict):
@@ -118,20 +98,23 @@ class Recipe(_Strict):
     device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    learner: SerializeAsAny[Any] = Field(default_factory=lambda: _learner_section({}))
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     compress: CompressConfig | None = None  # compression steps and budget; none = deployed is working
     ladder: LadderConfig | None = None  # the worked ladder (pipeline/ladder.py) instead of the task loop
     export: ExportConfig = Field(default_factory=ExportConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
-    @model_validator(mode="after")
-    def _der_needs_builtin_backbone(self) -> "Recipe":
-        from ..models.external import is_external_name
+    @field_validator("learner", mode="before")
+    @classmethod
+    def _learner_options(cls, v: Any) -> Any:
+        return _learner_section(v)
 
-        if self.learner.name == "der" and is_external_name(self.model.backbone):
-            raise ValueError("learner 'der' grows backbone branches and needs a built-in backbone "
-                             f"(got {self.model.backbone!r}); use icarl/replay/lwf with an external model")
+    @model_validator(mode="after")
+    def _learner_takes_backbone(self) -> "Recipe":
+        from ..learners import learner_class
+
+        learner_class(self.learner.name).check_backbone(self.model.backbone)
         return self
 
     @field_validator("version")
@@ -142,12 +125,12 @@ class Recipe(_Strict):
         return v
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, raw: dict[str, Any] | None = None) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            parent = _section_fields(e["loc"][:-1])
+            parent = _section_fields(e["loc"][:-1], raw or {})
             lines.append(f"unknown key {key!r}; allowed here: {', '.join(parent)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -155,8 +138,14 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"invalid recipe {source}:\n  " + "\n  ".join(lines)
 
 
-def _section_fields(loc: tuple) -> list[str]:
+def _section_fields(loc: tuple, raw: dict[str, Any]) -> list[str]:
     model: type[BaseModel] = Recipe
+    if loc[:1] == ("learner",):  # the chosen learner's own options
+        from ..learners import LEARNERS, LearnerOptions
+
+        section = raw.get("learner") if isinstance(raw.get("learner"), dict) else {}
+        chosen = LEARNERS.get(section.get("name", LearnerOptions.model_fields["name"].default))
+        model, loc = (chosen.Options if chosen else LearnerOptions), loc[1:]
     for part in loc:
         field = model.model_fields.get(str(part))
         ann = getattr(field, "annotation", None)
@@ -252,4 +241,4 @@ def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise CompactCLError(_format_errors(e, source)) from None
+        raise CompactCLError(_format_errors(e, source, raw)) from None

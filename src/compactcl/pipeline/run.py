@@ -31,13 +31,13 @@ from ..data.datasets import load_dataset
 from ..data.memory import ExemplarMemory
 from ..data.stream import Stream, Task, class_incremental
 from ..errors import CompactCLError
-from ..learners import LearnerState, TrainConfig, accuracy, create_learner
-from ..learners.base import LEARNERS
+from ..engine.loop import TrainConfig, TrainHooks, accuracy
+from ..learners import LearnerState, learner_class
 from ..export.update import update_size
 from ..metrics.continual import summarize
 from ..metrics.model_stats import count_flops, count_params, fp32_bytes
 from ..models.checkpoint import load_checkpoint, read_header, save_checkpoint
-from ..models.net import DERNet, IncrementalNet
+from ..models.net import IncrementalNet
 from ..utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils import distributed as dist
 from .recipe import Recipe
@@ -88,8 +88,7 @@ def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
             load_weights(net, m.weights, strict=False, exclude_head=True)
         return net
     _check_model_options(recipe, ds.in_channels, ds.input_size)
-    cls = DERNet if LEARNERS[recipe.learner.name].grows_branches else IncrementalNet
-    return cls(m.backbone, ds.in_channels, ds.input_size, 0, m.options)
+    return learner_class(recipe.learner.name).build_model(m.backbone, ds.in_channels, ds.input_size, m.options)
 
 
 def first_task_model(recipe: Recipe, stream: Stream) -> nn.Module:
@@ -109,11 +108,11 @@ def first_task_model(recipe: Recipe, stream: Stream) -> nn.Module:
                              f"{header.get('format')!r}; a packed .ccl artifact cannot keep learning); point at "
                              "RUN/tasks/00/working.safetensors or your model saved with save_checkpoint")
     model = load(path)
-    der = LEARNERS[recipe.learner.name].grows_branches
-    if der != isinstance(model, DERNet):
-        raise CompactCLError(f"{where}: learner {recipe.learner.name!r} needs "
-                             f"{'a DER model (from a der run)' if der else 'a single-backbone model'}, "
-                             f"got a {type(model).__name__}")
+    network = learner_class(recipe.learner.name).network
+    if model.grows_branches != network.grows_branches:
+        want = "a DER model (one branch per task, from a der run)" if network.grows_branches else \
+            "a single-backbone model"
+        raise CompactCLError(f"{where}: learner {recipe.learner.name!r} needs {want}, got a {type(model).__name__}")
     spec, m = model.spec, recipe.model
     if "backbone" in spec and (spec["backbone"], spec.get("backbone_kwargs") or {}) != (m.backbone, m.options):
         raise CompactCLError(f"{where}: it is a {spec['backbone']} with options {spec.get('backbone_kwargs') or {}}, "
@@ -154,11 +153,7 @@ def _check_model_options(recipe: Recipe, channels: int, size: int) -> None:
 
 
 def train_config(recipe: Recipe, device: str, progress: bool) -> TrainConfig:
-    lc = recipe.learner
-    return TrainConfig(epochs=lc.epochs, iterations=lc.iterations, batch_size=lc.batch_size, lr=lc.lr,
-                       optimizer=lc.optimizer, momentum=lc.momentum, weight_decay=lc.weight_decay,
-                       schedule=lc.schedule, device=device, seed=recipe.seed, progress=progress,
-                       augment=lc.augment, bf16=lc.bf16, channels_last=lc.channels_last, compile=lc.compile)
+    return recipe.learner.train_config(device, recipe.seed, progress)
 
 
 def identity_deployer(run_dir: Path) -> Deployer:
@@ -276,8 +271,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     dist.barrier()  # every rank has checked (and a follower copied) the folder before rank 0 writes to it
     atomic_write_text(out / "recipe.yaml", recipe_text)
 
-    lc = recipe.learner
-    learner = create_learner(lc.name, temperature=lc.temperature, distill_weight=lc.distill_weight, nme=lc.nme)
+    learner = learner_class(recipe.learner.name)(recipe.learner)
     state = LearnerState(new_model(recipe, stream).to(device), ExemplarMemory(recipe.memory.size,
                          recipe.memory.selection, recipe.seed), train_config(recipe, device, progress))
     rows: list[dict[str, Any]] = []
@@ -314,7 +308,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     try:
         for task in stream.tasks[len(rows):]:
             if tb is not None:
-                state.train.on_epoch = lambda epoch, loss, t=task.index: tb.log_epoch(t, epoch, loss)
+                state.hooks = TrainHooks(end_epoch=lambda _m, epoch, loss, t=task.index: tb.log_epoch(t, epoch, loss))
             t0 = time.perf_counter()
             if task.index == 0 and recipe.model.first_task_from:
                 given = given_first if given_first is not None else first_task_model(recipe, stream)

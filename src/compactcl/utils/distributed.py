@@ -7,7 +7,7 @@ on CPU); without them everything here answers as a single process (rank 0 of 1) 
 nothing, so the single-process path never pays for this module.
 
 Every rank runs the same program on the same data (the stream, the class order and the
-exemplar selection are all seeded); :func:`compactcl.learners.loop.train` splits each global
+exemplar selection are all seeded); :func:`compactcl.engine.loop.train` splits each global
 batch across the ranks and DDP averages the gradients. Rank 0 alone writes the run folder.
 """
 

@@ -5,7 +5,7 @@ deployed model must stay a fixed size, so the grown net is distilled into a fixe
 (FOSTER-style compression) before pruning and quantization.
 
 The loss is ``alpha * KD_T + (1 - alpha) * CE + hint_weight * sum(FitNets hints)``; the
-training loop is the one every learner uses (:func:`compactcl.learners.loop.train`).
+training loop is the one every learner uses (:func:`compactcl.engine.loop.train`).
 
 >>> from compactcl.data import load_dataset
 >>> from compactcl.models import IncrementalNet
@@ -27,8 +27,8 @@ from torch import nn
 
 from ...data.datasets import TensorData
 from ...errors import CompactCLError
-from ...learners.loop import TrainConfig, train
-from .losses import hint_loss, kd_ce_loss, make_adapter
+from ...engine.loop import TrainConfig, train
+from ...engine.losses import hint_loss, kd_ce_loss, make_adapter
 
 __all__ = ["DistillConfig", "distill", "FEATURES"]
 

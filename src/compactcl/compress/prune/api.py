@@ -21,7 +21,7 @@ from torch import nn
 
 from ...data.datasets import TensorData
 from ...errors import CompactCLError
-from ...learners.loop import LossFn, TrainConfig, accuracy, train
+from ...engine.loop import LossFn, TrainConfig, accuracy, train
 from .importance import IMPORTANCES
 from .sensitivity import DEFAULT_RATIOS, Sensitivity, ratios_for_target, sensitivity_analysis
 from .structured import prune_channels_

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from ...data.datasets import TensorData
-from ...learners.loop import accuracy
+from ...engine.loop import accuracy
 from ...metrics.model_stats import count_flops, count_nonzero, count_params
 
 __all__ = ["save_model", "model_figures", "onnx_latencies"]

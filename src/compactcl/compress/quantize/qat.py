@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ...data.datasets import TensorData
-from ...learners.loop import LossFn, TrainConfig, train
+from ...engine.loop import LossFn, TrainConfig, train
 from .api import QuantConfig, quantize_, round_side_tensors_
 from .state import WeightQuant, quantized_layers, set_weight_quant
 

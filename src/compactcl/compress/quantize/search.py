@@ -21,7 +21,7 @@ from torch import nn
 
 from ...data.datasets import TensorData
 from ...errors import CompactCLError
-from ...learners.loop import accuracy
+from ...engine.loop import accuracy
 from .api import QuantConfig, config_for, quantize_, select_layers
 
 __all__ = ["SearchResult", "search_model_bits", "search_layer_bits", "DEFAULT_CHOICES"]

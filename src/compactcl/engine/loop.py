@@ -33,10 +33,35 @@ from ..data.datasets import TensorData
 from ..errors import CompactCLError
 from ..utils import distributed as dist
 
-__all__ = ["TrainConfig", "train", "predict", "accuracy", "LossFn"]
+__all__ = ["TrainConfig", "TrainHooks", "train", "predict", "accuracy", "LossFn"]
 
 # loss(model, x, y) -> scalar; closes over whatever the learner needs (old model, memory)
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainHooks:
+    """Where a learner or a logger steps into the loop, without copying it.
+
+    ``after_backward(model, step)``: gradients are in ``.grad`` and the optimizer has not stepped
+    yet — gradient surgery (masking frozen rows, clipping, FOSTER/MEMO-style rescaling).
+    ``end_epoch(model, epoch, mean_loss)``: after each epoch (logging, weight aligning, early stops).
+    """
+
+    after_backward: Callable[[nn.Module, int], None] | None = None
+    end_epoch: Callable[[nn.Module, int, float], None] | None = None
+
+    def then(self, other: "TrainHooks | None") -> "TrainHooks":
+        """Both sets of hooks, ``self`` first (a learner's own hooks, then the run's logging)."""
+        if other is None:
+            return self
+        return TrainHooks(_chain(self.after_backward, other.after_backward), _chain(self.end_epoch, other.end_epoch))
+
+
+def _chain(first: Callable | None, second: Callable | None) -> Callable | None:
+    if first is None or second is None:
+        return first or second
+    return lambda *args: (first(*args), second(*args))[-1]
 
 
 @dataclass
@@ -53,7 +78,6 @@ class TrainConfig:
     seed: int = 0
     progress: bool = False
     augment: bool = False  # random crop + flip of training batches (data.augment_batch)
-    on_epoch: Callable[[int, float], None] | None = None  # (epoch, mean loss), e.g. a TensorBoard logger
     # speed options (CUDA first; each also runs on CPU)
     bf16: bool = False  # autocast forward + loss to bfloat16 (fast on recent GPUs; on most CPUs slower)
     channels_last: bool | None = None  # None: on for conv models on CUDA, off on CPU
@@ -95,7 +119,8 @@ def _fits_on_device(data: TensorData, device: torch.device) -> bool:
     return (data.x.numel() * data.x.element_size() + data.y.numel() * data.y.element_size()) <= free // 2
 
 
-def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig, desc: str = "train") -> list[float]:
+def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig, desc: str = "train",
+          hooks: TrainHooks | None = None) -> list[float]:
     """Train ``model`` on ``data`` in place; return the mean loss of each epoch.
 
     Raises :class:`CompactCLError` naming the epoch and step (or step range, when the check is
@@ -194,6 +219,8 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
                                          "lower the learning rate (learner.lr) — the last good checkpoint is kept")
                 opt.zero_grad(set_to_none=True)
                 (loss * weight if weight != 1.0 else loss).backward()
+                if hooks is not None and hooks.after_backward is not None:
+                    hooks.after_backward(model, step)
                 opt.step()
                 if sched is not None:
                     sched.step()
@@ -209,8 +236,8 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
                         window.zero_()
                         window_start = step
             history.append(_epoch_mean(running, count))
-            if cfg.on_epoch is not None:
-                cfg.on_epoch(epoch, history[-1])
+            if hooks is not None and hooks.end_epoch is not None:
+                hooks.end_epoch(model, epoch, history[-1])
             if bar is not None:
                 bar.set_postfix(loss=f"{history[-1]:.3f}")
                 bar.update(1)

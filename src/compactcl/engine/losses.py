@@ -1,7 +1,8 @@
-"""Distillation losses as plain functions (Hinton KD, KD mixed with hard labels, FitNets hints).
+"""Losses as plain functions (cross-entropy, Hinton KD, KD mixed with hard labels, FitNets hints).
 
-Tensor in, scalar out, no state: learners (LwF, iCaRL) and :func:`compactcl.compress.distill.distill`
-both build their loss closures from these, and the tests check them against a naive loop.
+Tensor in, scalar out, no state: learners (LwF, iCaRL), :func:`compactcl.compress.distill.distill`
+and every compression fine-tune build their loss closures from these (the training loop takes
+``loss(model, x, y)``), and the tests check them against a naive loop.
 
 >>> s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([0, 1, 2, 3])
 >>> bool(kd_ce_loss(s, t, y, temperature=4.0, alpha=0.9) > 0)
@@ -14,7 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["kd_loss", "kd_ce_loss", "old_class_kd", "hint_loss", "make_adapter"]
+__all__ = ["ce_loss", "teacher_kd_loss", "kd_loss", "kd_ce_loss", "old_class_kd", "hint_loss", "make_adapter"]
+
+
+def ce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Plain cross-entropy of ``model(x)``: the loss of fine-tuning, joint training and replay."""
+    return F.cross_entropy(model(x), y)
+
+
+def teacher_kd_loss(teacher: nn.Module, temperature: float, alpha: float):
+    """``loss(model, x, y)``: hard labels + a frozen teacher's soft targets (:func:`kd_ce_loss`) —
+    how every compression step fine-tunes (prune, QAT, the ladder's rungs)."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = teacher(x)
+        return kd_ce_loss(model(x), t, y, temperature, alpha)
+
+    return loss
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
