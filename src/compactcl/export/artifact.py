@@ -14,7 +14,10 @@ maps each module to its state-dict tensors, in file order, with shape and encodi
 (``{"enc": "kmeans", "bits": 3, "shape": [...]}``, ``{"dt": "f16", "shape": [...]}``, ...); each entry's bytes
 follow from its shape and bits, so no offsets are stored. A tensor that is mostly zeros
 is stored as relative indices of its non-zeros (``export/sparse.py``, Deep Compression's
-scheme; index width chosen per tensor) + only the non-zero codes/values.
+scheme; index width chosen per tensor) + only the non-zero codes/values. After a quantized
+weight's codes come its grid's parameters, written and read by its quantization method
+(``QuantMethod.write_grid`` / ``read_grid``, e.g. ``"sym"`` + scales for linear, the codebook
+for k-means).
 
 Loading is exact: the rebuilt model's weights equal the in-memory quantized model's bit
 for bit. Flat blobs keep the safetensors framing (a JSON entry per tensor) off small models.
