@@ -1,4 +1,8 @@
-"""`compactcl quantize MODEL --method {linear,log,kmeans} --bits N --out FILE`: a packed, quantized artifact.
+"""`compactcl quantize MODEL --method METHOD --bits N --out FILE`: a packed, quantized artifact.
+
+``--method`` is any registered quantization method (``linear``, ``log``, ``kmeans``, ...); the
+flags ``--per-tensor``/``--per-channel``/``--affine`` set the config options ``per_channel``/
+``symmetric`` and are refused for a method that does not take them.
 
 Accuracy is measured on the test split of the data the model was trained on (recorded in
 its header); QAT fine-tunes on the training split. ``baseline_bytes`` is the fp32 size,
@@ -10,11 +14,19 @@ from __future__ import annotations
 from .common import add_json_flag, emit, format_table
 
 
+# flag -> (config option it sets, value); a method accepts the flag when the option is in its ``options``
+FLAG_OPTIONS = {"per_tensor": ("per_channel", False), "per_channel": ("per_channel", True),
+                "affine": ("symmetric", False)}
+
+
 def add_parser(sub) -> None:
+    from ..compress.quantize import get_method, list_methods
+
     p = sub.add_parser("quantize", help="quantize a checkpoint or run folder's model into a packed .ccl artifact")
     p.add_argument("model", help="checkpoint (.safetensors), artifact (.ccl) or run folder (uses final/working)")
-    p.add_argument("--method", choices=["linear", "log", "kmeans"], default="linear")
-    p.add_argument("--bits", type=int, default=8, help="bits per weight (linear/log 2..8, kmeans 1..8)")
+    p.add_argument("--method", choices=list_methods(), default="linear")
+    p.add_argument("--bits", type=int, default=8, help="bits per weight (" + ", ".join(
+        f"{m} {get_method(m).min_bits}..8" for m in list_methods()) + ")")
     p.add_argument("--per-tensor", action="store_true", help="one scale per tensor instead of per output channel "
                                                              "(linear; log is per tensor unless --per-channel)")
     p.add_argument("--per-channel", action="store_true", help="log only: one exponent range per output channel")
@@ -28,18 +40,22 @@ def add_parser(sub) -> None:
 
 def build_config(args):
     """Command-line flags -> a quantization config (validated there)."""
-    from ..compress.quantize import config_for
+    from ..compress.quantize import get_method, list_methods
     from ..errors import CompactCLError
 
-    if args.method != "linear" and args.affine:
-        raise CompactCLError("--affine applies to --method linear only; drop it")
-    if args.method == "kmeans" and (args.per_tensor or args.per_channel):
-        raise CompactCLError("k-means keeps one codebook per layer; drop --per-tensor/--per-channel")
-    if args.method == "linear":
-        return config_for("linear", args.bits, per_channel=not args.per_tensor, symmetric=not args.affine)
-    if args.method == "log":
-        return config_for("log", args.bits, per_channel=args.per_channel and not args.per_tensor)
-    return config_for("kmeans", args.bits)
+    method = get_method(args.method)
+    options: dict[str, bool] = {}
+    for flag in ("per_channel", "per_tensor", "affine"):  # in this order --per-tensor wins over --per-channel
+        if not getattr(args, flag):
+            continue
+        option, value = FLAG_OPTIONS[flag]
+        if option not in method.options:
+            dashed = "--" + flag.replace("_", "-")
+            takers = [m for m in list_methods() if option in get_method(m).options]
+            raise CompactCLError(f"--method {args.method} takes no {dashed} (it applies to --method "
+                                 f"{'/'.join(takers)}); drop {dashed}")
+        options[option] = value
+    return method.make_config(args.bits, **options)
 
 
 def run(args) -> int:

@@ -14,7 +14,10 @@ maps each module to its state-dict tensors, in file order, with shape and encodi
 (``{"enc": "kmeans", "bits": 3, "shape": [...]}``, ``{"dt": "f16", "shape": [...]}``, ...); each entry's bytes
 follow from its shape and bits, so no offsets are stored. A tensor that is mostly zeros
 is stored as relative indices of its non-zeros (``export/sparse.py``, Deep Compression's
-scheme; index width chosen per tensor) + only the non-zero codes/values.
+scheme; index width chosen per tensor) + only the non-zero codes/values. After a quantized
+weight's codes come its grid's parameters, written and read by its quantization method
+(``QuantMethod.write_grid`` / ``read_grid``, e.g. ``"sym"`` + scales for linear, the codebook
+for k-means).
 
 Loading is exact: the rebuilt model's weights equal the in-memory quantized model's bit
 for bit. Flat blobs keep the safetensors framing (a JSON entry per tensor) off small models.
@@ -37,6 +40,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ..compress.quantize.packing import pack_bits, packed_nbytes, unpack_bits, unpack_mask
+from ..compress.quantize.methods import QUANT_METHODS
 from ..compress.quantize.state import WeightQuant, get_weight_quant, set_weight_quant
 from ..errors import CompactCLError
 from ..models.checkpoint import file_digest, model_from_state, read_header, verify_digest
@@ -137,19 +141,7 @@ def _write_quant(wr: _Writer, name: str, w: torch.Tensor, wq: WeightQuant) -> di
         wr.put("u8", pack_bits(codes.numpy(), wq.bits))
     if wq.axis is not None:
         entry["axis"] = wq.axis
-    if wq.method == "linear":
-        symmetric = bool(wq.options.get("symmetric", True))
-        entry["sym"] = int(symmetric)
-        wr.put("f32", wq.params["scale"].numpy())
-        if not symmetric:
-            wr.put("u8", wq.params["zero_point"].numpy())  # affine range is [0, 2**bits)
-    elif wq.method == "log":
-        entry["levels"] = int(wq.options["levels"])
-        wr.put("u8", (wq.params["emax"].numpy().astype(np.int16) + 128).astype(np.uint8))
-    elif wq.method == "kmeans":
-        if wq.options.get("zero_code") is not None:
-            entry["zc"] = int(wq.options["zero_code"])
-        wr.put("f32", wq.params["codebook"].numpy())
+    wq.quant_method.write_grid(wq, entry, wr)  # the method's header keys and grid tensors follow the codes
     return entry
 
 
@@ -165,25 +157,10 @@ def _read_quant(rd: _Reader, entry: dict[str, Any]) -> tuple[torch.Tensor, Weigh
         mask = torch.from_numpy(mask_np).reshape(shape)
     else:
         codes_np = unpack_bits(rd.take("u8", packed_nbytes(n, bits)), bits, n)
-    axis = entry.get("axis")
-    channels = shape[axis] if axis is not None else 1
-    if method == "linear":
-        scale = torch.from_numpy(rd.take("f32", channels).copy())
-        sym = bool(entry.get("sym", 1))
-        zp = (torch.from_numpy(rd.take("u8", channels).astype(np.int32)) if not sym
-              else torch.zeros(channels, dtype=torch.int32))
-        if axis is None:
-            scale, zp = scale.reshape(()), zp.reshape(())
-        wq = WeightQuant("linear", bits, {"scale": scale, "zero_point": zp}, axis, {"symmetric": sym})
-    elif method == "log":
-        emax = torch.from_numpy(rd.take("u8", channels).astype(np.int32) - 128)
-        wq = WeightQuant("log", bits, {"emax": emax if axis is not None else emax.reshape(())}, axis,
-                         {"levels": int(entry["levels"])})
-    elif method == "kmeans":
-        codebook = torch.from_numpy(rd.take("f32", 2 ** bits).copy())
-        wq = WeightQuant("kmeans", bits, {"codebook": codebook}, None, {"zero_code": entry.get("zc")})
-    else:
+    quant_method = QUANT_METHODS.get(method)
+    if quant_method is None:
         raise CompactCLError(f"{rd.source}: unknown weight encoding {method!r}; upgrade compactcl to read it.")
+    wq = quant_method.read_grid(entry, rd)
     codes = torch.from_numpy(codes_np.astype(np.int64)).reshape(shape)
     return wq.decode(codes, mask), wq
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ..data.datasets import TensorData
@@ -78,12 +78,21 @@ class PruneStep(_Strict):
 
 
 class QuantizeStep(_Strict):
-    method: Literal["linear", "log", "kmeans"] = "linear"
+    method: str = "linear"  # a registered quantization method: compactcl.compress.quantize.list_methods()
     bits: int | Literal["auto"] = 8
     per_channel: bool = True
     qat_epochs: int = Field(2, ge=0)
     lr: float = Field(1e-3, gt=0)
     choices: list[int] = Field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from ..compress.quantize import list_methods
+
+        if v not in list_methods():
+            raise ValueError(f"quantize method {v!r} unknown; choose one of {', '.join(list_methods())}")
+        return v
 
     @model_validator(mode="after")
     def _bits_range(self) -> "QuantizeStep":
@@ -296,12 +305,13 @@ def _prune(model: nn.Module, teacher: nn.Module, step: PruneStep, data: TensorDa
 
 def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
               limit: int | None, config: CompressConfig, device: str, seed: int) -> tuple[nn.Module, dict]:
-    from ..compress.quantize import QATConfig, config_for, qat_, search_layer_bits, search_model_bits
+    from ..compress.quantize import QATConfig, config_for, get_method, qat_, search_layer_bits, search_model_bits
 
-    extra = {"per_channel": step.per_channel} if step.method in ("linear", "log") else {}
+    method = get_method(step.method)
+    extra = method.accepted({"per_channel": step.per_channel})  # e.g. k-means has one codebook per layer
     info: dict[str, Any] = {"method": step.method}
     if step.bits == "auto":
-        choices = tuple(b for b in step.choices if not (step.method != "kmeans" and b < 2))
+        choices = tuple(b for b in step.choices if b >= method.min_bits)
         if limit is not None:
             res = search_layer_bits(model, step.method, val, tolerance=None, budget_bytes=limit, choices=choices,
                                     **extra)

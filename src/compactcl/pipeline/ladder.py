@@ -75,7 +75,7 @@ class LadderConfig(BaseModel):
     alpha: float = Field(0.5, ge=0, le=1)
     # (5) the student pruned + quantized
     final_prune_ratio: float = Field(0.3, ge=0, lt=1)
-    final_quant: Literal["kmeans", "linear", "log"] = "kmeans"
+    final_quant: str = "kmeans"  # a registered quantization method: compactcl.compress.quantize.list_methods()
     final_bits: int = Field(4, ge=1, le=8)
     qat_epochs: int = Field(3, ge=0)
     qat_lr: float = Field(1e-3, gt=0)
@@ -88,11 +88,16 @@ class LadderConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "LadderConfig":
         from ..compress.prune.importance import IMPORTANCES
+        from ..compress.quantize import get_method, list_methods
 
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance {self.importance!r} unknown; choose one of {', '.join(sorted(IMPORTANCES))}")
-        if self.final_quant != "kmeans" and self.final_bits < 2:
-            raise ValueError(f"final_bits must be >= 2 for {self.final_quant} quantization, got {self.final_bits}")
+        if self.final_quant not in list_methods():
+            raise ValueError(f"final_quant {self.final_quant!r} unknown; choose one of {', '.join(list_methods())}")
+        min_bits = get_method(self.final_quant).min_bits
+        if self.final_bits < min_bits:
+            raise ValueError(f"final_bits must be >= {min_bits} for {self.final_quant} quantization, "
+                             f"got {self.final_bits}")
         fields = set(type(self).model_fields) - {"per_dataset"}
         for ds, over in self.per_dataset.items():
             unknown = sorted(set(over) - fields)
@@ -227,7 +232,7 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
 
     from ..compress.distill import DistillConfig, create_student, distill
     from ..compress.prune import PruneData, StructuredConfig, finalize_, finetune_, prune_
-    from ..compress.quantize import LinearQuantConfig, QATConfig, config_for, qat_, quantize_
+    from ..compress.quantize import LinearQuantConfig, QATConfig, config_for, get_method, qat_, quantize_
     from ..errors import CompactCLError
     from ..engine.loop import TrainConfig, train
     from ..models.backbones import list_backbones
@@ -343,7 +348,7 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
             finetune_(final, train_data, tc(cfg.finetune_epochs, cfg.finetune_lr, 3), kd)
         final = finalize_(final)
     final = final.cpu()
-    extra = {"per_channel": True} if cfg.final_quant in ("linear", "log") else {}
+    extra = get_method(cfg.final_quant).accepted({"per_channel": True})
     qcfg = config_for(cfg.final_quant, cfg.final_bits, **extra)
     if cfg.qat_epochs:
         qat_(final, qcfg, train_data, QATConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, batch_size=cfg.batch_size,

@@ -8,159 +8,60 @@
 
 Every config selects layers (``types``, ``include``/``exclude`` fnmatch patterns on module
 names, the head included unless ``skip_head``) and may give ``layer_bits`` (name -> bits)
-for mixed precision. Adding a scheme = a config dataclass + ``@register_quantizer(Config)``.
+for mixed precision. Adding a scheme = one :class:`~.methods.QuantMethod` file with
+``@register_method`` (its config dataclass, grid fitting, codes, QAT, artifact layout).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ...errors import CompactCLError
-from . import primitives as P
+from .methods import (LAYER_TYPES, QUANT_METHODS, KMeansQuantConfig, LinearQuantConfig, LogQuantConfig, QuantConfig,
+                      get_method, list_methods, register_method)
 from .state import WeightQuant, quantized_layers, set_weight_quant
 
 __all__ = ["QuantConfig", "LinearQuantConfig", "LogQuantConfig", "KMeansQuantConfig", "quantize_",
-           "register_quantizer", "list_quantizers", "QUANTIZERS", "config_for", "select_layers",
-           "round_side_tensors_", "ActivationFakeQuant", "calibrate_activations_", "remove_activation_quant_",
-           "describe"]
-
-LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """Fields every scheme shares: which layers, how many bits, what else is rounded."""
-
-    bits: int = 8
-    types: tuple[str, ...] = ("Conv2d", "Linear")
-    include: tuple[str, ...] = ()  # fnmatch patterns on module names; empty = all
-    exclude: tuple[str, ...] = ()
-    skip_head: bool = False
-    layer_bits: dict[str, int] = field(default_factory=dict)  # mixed precision: module name -> bits
-    # biases and batch-norm tensors rounded to fp16 so the artifact stores them in 2 bytes, losslessly
-    fp16_side: bool = True
-    version: int = 1
-    method = "base"
-    min_bits = 2
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "types", tuple(self.types))
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        object.__setattr__(self, "layer_bits", dict(self.layer_bits))
-        for b in [self.bits, *self.layer_bits.values()]:
-            if not isinstance(b, int) or not self.min_bits <= b <= 8:
-                raise CompactCLError(f"{type(self).__name__}: bits must be an integer in {self.min_bits}..8, "
-                                     f"got {b!r}; pick e.g. bits=8 or bits=4")
-        unknown = [t for t in self.types if t not in LAYER_TYPES]
-        if unknown:
-            raise CompactCLError(f"{type(self).__name__}: unknown layer types {unknown}; use {sorted(LAYER_TYPES)}")
-
-    def bits_for(self, name: str) -> int:
-        return int(self.layer_bits.get(name, self.bits))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["method"] = self.method
-        return d
-
-
-@dataclass(frozen=True)
-class LinearQuantConfig(QuantConfig):
-    """Uniform grid: symmetric (zero point 0) or affine, per output channel or per tensor."""
-
-    per_channel: bool = True
-    symmetric: bool = True
-    method = "linear"
-
-
-@dataclass(frozen=True)
-class LogQuantConfig(QuantConfig):
-    """Sign + power-of-two exponent. ``levels`` exponents per sign (default ``2**(bits-1)-1``,
-    one code kept for zero); ``max_exponent`` fixes the top exponent instead of fitting it."""
-
-    per_channel: bool = False
-    levels: int | None = None
-    max_exponent: int | None = None
-    method = "log"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for b in {self.bits, *self.layer_bits.values()}:
-            try:
-                P.log_levels(b, self.levels)
-            except ValueError as e:
-                raise CompactCLError(f"LogQuantConfig: {e}; lower levels or raise bits") from e
-
-
-@dataclass(frozen=True)
-class KMeansQuantConfig(QuantConfig):
-    """Per-layer shared-weight codebook of ``2**bits`` centroids (Deep Compression)."""
-
-    init: str = "linear"  # "linear" | "density" | "kmeans++"
-    iters: int = 30
-    seed: int = 0
-    method = "kmeans"
-    min_bits = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.init not in ("linear", "density", "kmeans++"):
-            raise CompactCLError(f"KMeansQuantConfig: init {self.init!r} unknown; use 'linear', 'density' or 'kmeans++'")
-
+           "register_method", "get_method", "list_methods", "list_quantizers", "QUANTIZERS", "config_for",
+           "select_layers", "round_side_tensors_", "ActivationFakeQuant", "calibrate_activations_",
+           "remove_activation_quant_", "describe"]
 
 # --------------------------------------------------------------------------------------- registry
 Handler = Callable[[torch.Tensor, QuantConfig, int], WeightQuant]
-QUANTIZERS: dict[type, Handler] = {}
 
 
-def register_quantizer(config_type: type) -> Callable[[Handler], Handler]:
-    """Register ``handler(weight, config, bits) -> WeightQuant`` for ``config_type``."""
-    def wrap(fn: Handler) -> Handler:
-        QUANTIZERS[config_type] = fn
-        return fn
+class _FitByConfig(Mapping[type, Handler]):
+    """Read-only view of the method registry keyed by config type: ``QUANTIZERS[LinearQuantConfig](w, cfg, bits)``.
+    Kept for callers of the earlier config -> handler registry; :func:`register_method` is how to add one."""
 
-    return wrap
+    def __getitem__(self, config_type: type) -> Handler:
+        for m in QUANT_METHODS.values():
+            if m.config is config_type:
+                return m.fit
+        raise KeyError(config_type)
+
+    def __iter__(self) -> Iterator[type]:
+        return iter([m.config for m in QUANT_METHODS.values()])
+
+    def __len__(self) -> int:
+        return len(QUANT_METHODS)
+
+
+QUANTIZERS: Mapping[type, Handler] = _FitByConfig()
 
 
 def list_quantizers() -> list[str]:
-    return sorted(c.method for c in QUANTIZERS)
-
-
-@register_quantizer(LinearQuantConfig)
-def _linear(w: torch.Tensor, cfg: LinearQuantConfig, bits: int) -> WeightQuant:
-    axis = 0 if cfg.per_channel else None
-    scale, zp = P.linear_qparams(w, bits, cfg.symmetric, axis)
-    return WeightQuant("linear", bits, {"scale": scale, "zero_point": zp}, axis, {"symmetric": cfg.symmetric})
-
-
-@register_quantizer(LogQuantConfig)
-def _log(w: torch.Tensor, cfg: LogQuantConfig, bits: int) -> WeightQuant:
-    axis = 0 if cfg.per_channel else None
-    if cfg.max_exponent is not None:
-        emax = torch.full((w.shape[0],) if axis == 0 else (), cfg.max_exponent, dtype=torch.int32)
-    else:
-        emax = P.log_qparams(w, axis)
-    return WeightQuant("log", bits, {"emax": emax}, axis, {"levels": P.log_levels(bits, cfg.levels)})
-
-
-@register_quantizer(KMeansQuantConfig)
-def _kmeans(w: torch.Tensor, cfg: KMeansQuantConfig, bits: int) -> WeightQuant:
-    res = P.quantize_kmeans(w, bits, cfg.init, cfg.iters, cfg.seed)
-    return WeightQuant("kmeans", bits, {"codebook": res.codebook}, None, {"zero_code": res.zero_code})
+    """Names of the registered quantization methods (same as :func:`list_methods`)."""
+    return list_methods()
 
 
 def config_for(method: str, bits: int, **kwargs: Any) -> QuantConfig:
-    """Config of scheme ``method`` ("linear", "log", "kmeans") — handy for CLIs and searches."""
-    for cls in QUANTIZERS:
-        if cls.method == method:
-            return cls(bits=bits, **kwargs)
-    raise CompactCLError(f"unknown quantization method {method!r}; choose one of {', '.join(list_quantizers())}")
+    """Config of the registered method ``method`` (see :func:`list_methods`) — handy for CLIs and searches."""
+    return get_method(method).make_config(bits, **kwargs)
 
 
 # -------------------------------------------------------------------------------------- surgery
@@ -208,14 +109,14 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
     grid; the model stays a normal PyTorch model. Re-quantizing a layer starts from its
     current weights.
     """
-    handler = QUANTIZERS.get(type(config))
-    if handler is None:
-        raise CompactCLError(f"no quantizer registered for {type(config).__name__}; "
-                             f"registered: {', '.join(list_quantizers())}")
+    method = QUANT_METHODS.get(config.method)
+    if method is None or not isinstance(config, method.config):
+        raise CompactCLError(f"no quantization method registered for {type(config).__name__}; "
+                             f"registered: {', '.join(list_methods())}")
     for name in select_layers(model, config):
         m = model.get_submodule(name)
         w = m.weight.detach().float().cpu()
-        wq = handler(w, config, config.bits_for(name))
+        wq = method.fit(w, config, config.bits_for(name))
         new = wq.decode(wq.encode(w), w != 0)
         m.weight.copy_(new.to(m.weight.device, m.weight.dtype))
         set_weight_quant(m, wq)

@@ -1,10 +1,10 @@
 """Quantization-aware fine-tuning: recover the accuracy low-bit grids lose.
 
-* linear / log: a latent full-precision weight is trained; the forward pass uses its
-  grid-snapped value and the gradient passes straight through the rounding (STE).
-* k-means: the codes are fixed and the *centroids* are trained; the gradient of a centroid
-  is the sum of the gradients of all weights that share it (Deep Compression) — exactly
-  what autograd gives for ``codebook[codes]``.
+* by default (linear, log): a latent full-precision weight is trained; the forward pass uses
+  its grid-snapped value (:meth:`QuantMethod.fake`) and the gradient passes straight through
+  the rounding (STE).
+* a method may train something else (:meth:`QuantMethod.qat_attach_`): k-means fixes the codes
+  and trains the *centroids* (``methods/kmeans.py``, Deep Compression).
 
 Pruned (zero) weights stay zero throughout. The grid parameters (scale, exponent range)
 are those ``quantize_`` fitted; only weights/centroids (and biases, batch norm) move.
@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from ...data.datasets import TensorData
 from ...engine.loop import LossFn, TrainConfig, train
 from .api import QuantConfig, quantize_, round_side_tensors_
+from .methods.kmeans import SharedWeights  # re-exported: it lived here before
 from .state import WeightQuant, quantized_layers, set_weight_quant
 
 __all__ = ["QATConfig", "qat_", "StraightThrough", "SharedWeights"]
@@ -59,25 +60,6 @@ class StraightThrough(nn.Module):
         return (snapped + (latent - latent.detach())) * self.mask
 
 
-class SharedWeights(nn.Module):
-    """Parametrization: weight = ``codebook[codes]``; the codebook is the trainable parameter."""
-
-    def __init__(self, wq: WeightQuant, codes: torch.Tensor, mask: torch.Tensor):
-        super().__init__()
-        self.codebook = nn.Parameter(wq.params["codebook"].clone())
-        zc = wq.options.get("zero_code")
-        trainable = torch.ones_like(self.codebook)
-        if zc is not None:
-            trainable[zc] = 0.0  # the reserved zero stays exactly zero
-        self.register_buffer("trainable", trainable)
-        self.register_buffer("codes", codes)
-        self.register_buffer("mask", mask)
-
-    def forward(self, original: torch.Tensor) -> torch.Tensor:
-        codebook = self.codebook * self.trainable
-        return codebook[self.codes] * self.mask
-
-
 def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
@@ -103,23 +85,13 @@ def qat_(model: nn.Module, config: QuantConfig | None, data: TensorData, qat: QA
         m = model.get_submodule(name)
         start = latent.get(name, m.weight.detach())
         mask = (start != 0).to(m.weight.dtype)
-        if wq.method == "kmeans":
-            p: nn.Module = SharedWeights(wq, wq.encode(start.cpu()).to(m.weight.device), mask)
-        else:
-            with torch.no_grad():
-                m.weight.copy_(start)
-            p = StraightThrough(wq, mask)
-        parametrize.register_parametrization(m, "weight", p)
-        if wq.method == "kmeans":
-            m.parametrizations.weight.original.requires_grad_(False)
+        wq.quant_method.qat_attach_(m, wq, start, mask)  # what trains (latent weight, centroids) is the method's
     try:
         history = train(model, data, loss_fn or _ce, qat.train_config(), desc="qat")
     finally:
         for name, wq in layers.items():
             m = model.get_submodule(name)
-            p = m.parametrizations.weight[0]
-            if isinstance(p, SharedWeights):
-                wq.params["codebook"] = (p.codebook * p.trainable).detach().cpu().clone()
+            wq.quant_method.qat_collect(wq, m.parametrizations.weight[0])
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
             with torch.no_grad():  # exact grid values (guards against any float drift)
                 w = m.weight.detach().float().cpu()

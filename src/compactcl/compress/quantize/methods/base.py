@@ -1,0 +1,202 @@
+"""What a quantization method is: one class, registered by name, that owns everything about its grid.
+
+A method (``"linear"``, ``"log"``, ``"kmeans"``, or yours) knows its config dataclass, the
+fewest bits it supports, which recipe/CLI options it takes, how to fit a grid to a weight
+(:meth:`QuantMethod.fit`), how codes are made and read back (``encode``/``decode``), how
+QAT trains it, and what it writes into the ``.ccl`` header and blobs. Nobody else switches
+on the method's name: :class:`~compactcl.compress.quantize.state.WeightQuant`, ``quantize_``,
+``qat_``, the artifact, the recipe and the CLI all ask the registry.
+
+>>> get_method("kmeans").min_bits
+1
+>>> list_methods()
+['kmeans', 'linear', 'log']
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ....errors import CompactCLError
+
+if TYPE_CHECKING:
+    from ..state import WeightQuant
+
+__all__ = ["QuantConfig", "QuantMethod", "QUANT_METHODS", "register_method", "get_method", "list_methods",
+           "BlobWriter", "BlobReader", "LAYER_TYPES"]
+
+LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Fields every scheme shares: which layers, how many bits, what else is rounded."""
+
+    bits: int = 8
+    types: tuple[str, ...] = ("Conv2d", "Linear")
+    include: tuple[str, ...] = ()  # fnmatch patterns on module names; empty = all
+    exclude: tuple[str, ...] = ()
+    skip_head: bool = False
+    layer_bits: dict[str, int] = field(default_factory=dict)  # mixed precision: module name -> bits
+    # biases and batch-norm tensors rounded to fp16 so the artifact stores them in 2 bytes, losslessly
+    fp16_side: bool = True
+    version: int = 1
+    method = "base"  # the registry name of the QuantMethod this config is for
+
+    @property
+    def min_bits(self) -> int:
+        # the method owns its bit range; a config no method claims keeps the common floor of 2
+        m = QUANT_METHODS.get(self.method)
+        return m.min_bits if m is not None else 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "types", tuple(self.types))
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "layer_bits", dict(self.layer_bits))
+        for b in [self.bits, *self.layer_bits.values()]:
+            if not isinstance(b, int) or not self.min_bits <= b <= 8:
+                raise CompactCLError(f"{type(self).__name__}: bits must be an integer in {self.min_bits}..8, "
+                                     f"got {b!r}; pick e.g. bits=8 or bits=4")
+        unknown = [t for t in self.types if t not in LAYER_TYPES]
+        if unknown:
+            raise CompactCLError(f"{type(self).__name__}: unknown layer types {unknown}; use {sorted(LAYER_TYPES)}")
+
+    def bits_for(self, name: str) -> int:
+        return int(self.layer_bits.get(name, self.bits))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["method"] = self.method
+        return d
+
+
+class BlobWriter(Protocol):
+    """The artifact's writer: ``put("u8" | "f16" | "f32", array)`` appends to that flat blob."""
+
+    def put(self, blob: str, a: np.ndarray) -> None: ...
+
+
+class BlobReader(Protocol):
+    """The artifact's reader: ``take(blob, n)`` returns the next ``n`` values of that blob."""
+
+    source: str
+
+    def take(self, blob: str, n: int) -> np.ndarray: ...
+
+
+class QuantMethod(ABC):
+    """One quantization method. Subclass, fill in the class attributes and the abstract methods,
+    decorate with :func:`register_method`; ``quantize_``, ``qat_``, search, the ``.ccl`` artifact,
+    recipes (``quantize: {method: NAME}``) and ``compactcl quantize --method NAME`` then accept it.
+
+    ``encode``/``decode`` work on CPU float32 weights; codes are unsigned, ``< 2**bits``, one per
+    weight (the artifact bit-packs them and stores pruned zeros sparsely on its own).
+    """
+
+    name: ClassVar[str]
+    config: ClassVar[type[QuantConfig]]
+    min_bits: ClassVar[int] = 2
+    options: ClassVar[tuple[str, ...]] = ()  # config fields a recipe step or the CLI may set, e.g. per_channel
+
+    # ----------------------------------------------------------------------------- configs
+    def make_config(self, bits: int, **kwargs: Any) -> QuantConfig:
+        """This method's config at ``bits`` (``kwargs``: any config field)."""
+        return self.config(bits=bits, **kwargs)
+
+    def accepted(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The subset of recipe/CLI ``options`` this method takes (the rest do not apply to it)."""
+        return {k: v for k, v in options.items() if k in self.options}
+
+    # ------------------------------------------------------------------------------- grid
+    @abstractmethod
+    def fit(self, w: torch.Tensor, cfg: QuantConfig, bits: int) -> "WeightQuant":
+        """The grid of ``bits`` bits that ``cfg`` asks for, fitted to the float32 CPU weight ``w``."""
+
+    @abstractmethod
+    def encode(self, wq: "WeightQuant", w: torch.Tensor) -> torch.Tensor:
+        """Codes (int64, shape of ``w``) of the nearest grid points of the CPU float32 weights ``w``."""
+
+    @abstractmethod
+    def decode(self, wq: "WeightQuant", codes: torch.Tensor) -> torch.Tensor:
+        """Float32 weights of ``codes`` (no mask: :meth:`WeightQuant.decode` applies it)."""
+
+    def fake(self, wq: "WeightQuant", w: torch.Tensor) -> torch.Tensor:
+        """``w`` snapped to the grid, on ``w``'s device (QAT's forward pass)."""
+        return wq.decode(wq.encode(w)).to(w.device)
+
+    def on_grid(self, wq: "WeightQuant", w: torch.Tensor) -> bool:
+        """True when the CPU float32 ``w`` decodes back from its codes exactly (zeros may be carried by a mask)."""
+        return torch.equal(wq.decode(wq.encode(w), w != 0), w)
+
+    def dequantize(self, wq: "WeightQuant", codes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 weights the deployed model uses (pruned positions outside ``mask`` are 0)."""
+        w = self.decode(wq, codes)
+        return torch.where(mask, w, torch.zeros(())) if mask is not None else w
+
+    def onnx_weight(self, wq: "WeightQuant", weight: torch.Tensor) -> torch.Tensor:
+        """The float initializer ONNX export uses for this layer: today the dequantized weight itself.
+        An in-graph decode (codes + grid as initializers, decode ops) would replace this hook."""
+        w = weight.detach().float().cpu()
+        return self.dequantize(wq, self.encode(wq, w), w != 0)
+
+    # -------------------------------------------------------------------------------- QAT
+    def qat_attach_(self, module: nn.Module, wq: "WeightQuant", start: torch.Tensor, mask: torch.Tensor) -> None:
+        """Make ``module.weight`` trainable on the grid (default: straight-through latent weight from ``start``)."""
+        from torch.nn.utils import parametrize
+
+        from ..qat import StraightThrough
+
+        with torch.no_grad():
+            module.weight.copy_(start)
+        parametrize.register_parametrization(module, "weight", StraightThrough(wq, mask))
+
+    def qat_collect(self, wq: "WeightQuant", parametrization: nn.Module) -> None:
+        """After training, before the parametrization goes: copy what it trained into ``wq`` (default: nothing)."""
+
+    # --------------------------------------------------------------------------- artifact
+    @abstractmethod
+    def write_grid(self, wq: "WeightQuant", entry: dict[str, Any], wr: BlobWriter) -> None:
+        """Write the grid's parameters after the codes: header keys into ``entry``, tensors via ``wr.put``.
+        The bytes are the file format: change them only with a new artifact format version."""
+
+    @abstractmethod
+    def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> "WeightQuant":
+        """Read back what :meth:`write_grid` wrote (``entry`` also holds ``shape``, ``bits``, ``axis``)."""
+
+    @staticmethod
+    def channels(entry: dict[str, Any]) -> int:
+        """Number of per-channel parameters of an artifact entry (1 when per tensor)."""
+        axis = entry.get("axis")
+        return int(entry["shape"][axis]) if axis is not None else 1
+
+
+# ------------------------------------------------------------------------------------ registry
+QUANT_METHODS: dict[str, QuantMethod] = {}
+
+
+def register_method(cls: type[QuantMethod]) -> type[QuantMethod]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    if getattr(cls.config, "method", None) != cls.name:
+        raise CompactCLError(f"{cls.__name__}: its config {cls.config.__name__} must say method = {cls.name!r}")
+    QUANT_METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> QuantMethod:
+    """The registered method called ``name``."""
+    try:
+        return QUANT_METHODS[name]
+    except KeyError:
+        raise CompactCLError(f"unknown quantization method {name!r}; choose one of {', '.join(list_methods())}") \
+            from None
+
+
+def list_methods() -> list[str]:
+    return sorted(QUANT_METHODS)

@@ -1,0 +1,68 @@
+"""Uniform (linear) grid: symmetric (zero point 0) or affine, per output channel or per tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import primitives as P
+from ..state import WeightQuant
+from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, register_method
+
+__all__ = ["LinearQuantConfig", "LinearQuant"]
+
+
+@dataclass(frozen=True)
+class LinearQuantConfig(QuantConfig):
+    """Uniform grid: symmetric (zero point 0) or affine, per output channel or per tensor."""
+
+    per_channel: bool = True
+    symmetric: bool = True
+    method = "linear"
+
+
+@register_method
+class LinearQuant(QuantMethod):
+    """``params``: ``scale`` (float32), ``zero_point`` (int32); ``options``: ``symmetric``."""
+
+    name = "linear"
+    config = LinearQuantConfig
+    options = ("per_channel", "symmetric")
+
+    def fit(self, w: torch.Tensor, cfg: LinearQuantConfig, bits: int) -> WeightQuant:
+        axis = 0 if cfg.per_channel else None
+        scale, zp = P.linear_qparams(w, bits, cfg.symmetric, axis)
+        return WeightQuant(self.name, bits, {"scale": scale, "zero_point": zp}, axis, {"symmetric": cfg.symmetric})
+
+    def encode(self, wq: WeightQuant, w: torch.Tensor) -> torch.Tensor:
+        return P.quantize_linear(w, wq.bits, wq.axis, wq.options.get("symmetric", True),
+                                 wq.params["scale"], wq.params["zero_point"])[0]
+
+    def decode(self, wq: WeightQuant, codes: torch.Tensor) -> torch.Tensor:
+        return P.dequantize_linear(codes, wq.params["scale"], wq.params["zero_point"], wq.bits, wq.axis,
+                                   wq.options.get("symmetric", True))
+
+    def fake(self, wq: WeightQuant, w: torch.Tensor) -> torch.Tensor:
+        # PyTorch's own fake-quant op: same values as decode(encode(w)), on w's device
+        return P.fake_quantize_linear(w, wq.params["scale"].to(w.device), wq.params["zero_point"].to(w.device),
+                                      wq.bits, wq.axis, wq.options.get("symmetric", True))
+
+    def write_grid(self, wq: WeightQuant, entry: dict[str, Any], wr: BlobWriter) -> None:
+        symmetric = bool(wq.options.get("symmetric", True))
+        entry["sym"] = int(symmetric)
+        wr.put("f32", wq.params["scale"].numpy())
+        if not symmetric:
+            wr.put("u8", wq.params["zero_point"].numpy())  # affine range is [0, 2**bits)
+
+    def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> WeightQuant:
+        axis, channels = entry.get("axis"), self.channels(entry)
+        scale = torch.from_numpy(rd.take("f32", channels).copy())
+        sym = bool(entry.get("sym", 1))
+        zp = (torch.from_numpy(rd.take("u8", channels).astype(np.int32)) if not sym
+              else torch.zeros(channels, dtype=torch.int32))
+        if axis is None:
+            scale, zp = scale.reshape(()), zp.reshape(())
+        return WeightQuant(self.name, int(entry["bits"]), {"scale": scale, "zero_point": zp}, axis, {"symmetric": sym})
