@@ -22,7 +22,7 @@ from compactcl.compress.quantize import (QUANT_METHODS, QUANTIZERS, QATConfig, Q
 from compactcl.data import class_incremental
 from compactcl.errors import CompactCLError
 from compactcl.export.artifact import load_artifact, save_artifact
-from compactcl.learners import TrainConfig, accuracy, train
+from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
 from compactcl.pipeline.compress import QuantizeStep
 
