@@ -26,6 +26,9 @@ RECIPE = Path(__file__).parent / "data" / "tiny.yaml"
 TINY = [str(RECIPE), "--no-progress"]
 KILL_ARGS = [*TINY, "--set", "learner.epochs=6"]  # ~1 s a task: room to land kills inside a task
 FAST_ARGS = [*TINY, "--set", "learner.epochs=1"]
+# Every compress step kind (distill with a carried student, prune ratio: auto, quantize bits: auto +
+# QAT, ONNX fp32 + int8): resume must give the same bytes for everything the run writes.
+COMPRESSED = [str(Path(__file__).parent / "data" / "tiny-compressed.yaml"), "--no-progress"]
 
 
 def _env() -> dict[str, str]:
@@ -34,8 +37,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start(out: Path, resume: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "compactcl", "run", *KILL_ARGS, "--out", str(out), *(["--resume"] if resume else [])]
+def _start(out: Path, resume: bool, args: list[str] = KILL_ARGS) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "compactcl", "run", *args, "--out", str(out), *(["--resume"] if resume else [])]
     return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -134,6 +137,54 @@ def test_resume_is_exact_for_every_learner(tmp_path, extra):
     b = json.loads((part / "metrics.json").read_text())
     assert _comparable(a) == _comparable(b)
     assert not list(part.rglob("*.tmp"))
+
+
+def _run_files(out: Path) -> dict[str, bytes]:
+    """Every file a run wrote (but metrics.json and the report, which hold timings), by path."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name not in ("metrics.json", "report.html")}
+
+
+def _timeless(doc: dict) -> list:
+    """The metrics rows without what a clock measures (seconds, latencies)."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if "seconds" not in k and "latency" not in k}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    return strip(doc["tasks"])
+
+
+def test_resume_with_every_compress_step_rewrites_identical_files(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["run", "--out", str(full), *COMPRESSED]) == 0
+    assert main(["run", "--out", str(part), *COMPRESSED]) == 0
+    _truncate_to(part, 1)
+    for name in ("student.safetensors", "deployed.ccl", "deployed.onnx"):
+        (part / "tasks" / "01" / name).unlink()
+    assert main(["run", "--out", str(part), "--resume", *COMPRESSED]) == 0
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (full, part))
+    assert _timeless(a) == _timeless(b)
+    files_a, files_b = _run_files(full), _run_files(part)
+    assert files_a.keys() == files_b.keys() and "tasks/02/student.safetensors" in files_a
+    assert [k for k in files_a if files_a[k] != files_b[k]] == []
+
+
+def test_sigkilled_compressed_run_resumes_to_identical_files(tmp_path):
+    rng = random.Random(11)
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    assert main(["run", "--out", str(ref), *COMPRESSED]) == 0
+    proc = _start(out, resume=False, args=COMPRESSED)
+    assert _wait_for(proc, lambda: _rows(out) >= 1)
+    time.sleep(rng.uniform(0.0, 1.5))  # somewhere in task 1: training, distilling, searching or exporting
+    _kill(proc)
+    proc = _start(out, resume=True, args=COMPRESSED)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (ref, out))
+    assert _timeless(a) == _timeless(b)
+    files_a, files_b = _run_files(ref), _run_files(out)
+    assert files_a.keys() == files_b.keys()
+    assert [k for k in files_a if files_a[k] != files_b[k]] == []
 
 
 OVR = ["learner.epochs=1"]

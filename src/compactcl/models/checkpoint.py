@@ -161,7 +161,11 @@ def _check_spec(spec: Any, state: dict[str, torch.Tensor], source: str) -> None:
 def model_from_state(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
     _check_spec(spec, state, source)
     try:
-        model = conform_to(create_model(spec), state)
+        # Loading must not move the global RNG (layer init draws from it, then the saved weights
+        # replace what was drawn): a resumed run draws exactly what an uninterrupted one does.
+        with torch.random.fork_rng(devices=[]):
+            built = create_model(spec)
+        model = conform_to(built, state)
         missing, unexpected = model.load_state_dict(state, strict=False)
     except CompactCLError:
         raise

@@ -32,9 +32,11 @@ from ..data.datasets import TensorData
 from ..data.stream import Task
 from ..errors import CompactCLError
 from ..engine.loop import TrainConfig, accuracy, train
+from ..engine.losses import teacher_kd_loss
 from ..models.protocol import IncrementalModel
+from .deploy import DeployContext, Deployed, Deployer
 
-__all__ = ["CompressConfig", "Budget", "make_deployer", "STEP_TYPES"]
+__all__ = ["CompressConfig", "Budget", "CompressDeployer", "STEP_TYPES", "budget_bytes", "deploy_data"]
 
 
 class _Strict(BaseModel):
@@ -68,6 +70,8 @@ class PruneStep(_Strict):
     # 2 epochs left a half-pruned student at 0.71 validation accuracy, 10 brought it back to 0.98.
     finetune_epochs: int = Field(10, ge=0)
     lr: float = Field(0.01, gt=0)
+    temperature: float = Field(4.0, gt=0)  # the fine-tune's KD from the working model
+    alpha: float = Field(0.5, ge=0, le=1)
     choices: list[float] = Field(default_factory=lambda: [0.7, 0.5, 0.3, 0.1])  # tried by ratio: auto
 
     @model_validator(mode="after")
@@ -83,6 +87,8 @@ class QuantizeStep(_Strict):
     per_channel: bool = True
     qat_epochs: int = Field(2, ge=0)
     lr: float = Field(1e-3, gt=0)
+    temperature: float = Field(4.0, gt=0)  # QAT's KD from the working model
+    alpha: float = Field(0.5, ge=0, le=1)
     choices: list[int] = Field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
 
     @field_validator("method")
@@ -139,18 +145,6 @@ class CompressConfig(_Strict):
 # --------------------------------------------------------------------------------------------------
 
 
-def kd_train_loss(teacher: nn.Module, temperature: float, alpha: float):
-    """Hard labels + soft targets of the working model (used by every fine-tune here)."""
-    from ..engine.losses import kd_ce_loss
-
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t = teacher(x)
-        return kd_ce_loss(model(x), t, y, temperature, alpha)
-
-    return loss
-
-
 def budget_bytes(budget: Budget, working: IncrementalModel) -> int | None:
     """The byte budget: explicit, or a fraction of ONE fp32 backbone with a head for the classes
     seen — what a single, non-growing model would weigh (DER's working model holds one per task)."""
@@ -179,52 +173,56 @@ def deploy_data(task: Task, memory, balance: float | None, seed: int) -> TensorD
     return TensorData.cat([old, *new])
 
 
-def _seen_val(ctx: dict[str, Any], task: Task) -> TensorData:
-    return TensorData.cat([t.val for t in ctx["stream"].tasks[: task.index + 1]])
+class CompressDeployer(Deployer):
+    """The recipe's ``compress:`` steps, in order, on a copy of the working model, to the budget.
 
+    Carries the previous task's fp32 student (grown and reused by a ``distill`` step with
+    ``reuse``): saved as ``student.safetensors`` in every task folder, restored by :meth:`resume`.
+    """
 
-def make_deployer(config: CompressConfig, export_onnx: bool = False, int8: bool = False, seed: int = 0):
-    """A deployer for :func:`compactcl.pipeline.run.run_recipe`: working model -> deployed artifact."""
-    carried: dict[str, Any] = {}  # the previous task's fp32 student, grown and reused
+    files = ("deployed.ccl", "deployed.onnx", "deployed.int8.onnx")
+    state_files = ("student.safetensors",)
+    note = "deployed = working compressed by the recipe's compress steps into a packed .ccl artifact"
 
-    def deploy(working: nn.Module, task: Task, ctx: dict[str, Any]) -> tuple[nn.Module, Path, dict[str, Any]]:
-        from ..export.artifact import save_artifact
+    def __init__(self, config: CompressConfig, export_onnx: bool = False, int8: bool = False):
+        self.config = config
+        self.export_onnx = export_onnx
+        self.int8 = int8
+        self.student: nn.Module | None = None  # the previous task's fp32 student
 
+    def resume(self, task_dir: Path) -> None:
+        from ..models.checkpoint import load_checkpoint
+
+        path = task_dir / self.state_files[0]
+        self.student = load_checkpoint(path) if path.exists() else None
+
+    def deploy(self, working: nn.Module, ctx: DeployContext) -> Deployed:
+        from ..export.artifact import artifact_nbytes, save_artifact
+        from ..models.checkpoint import save_checkpoint
+
+        config, task, device = self.config, ctx.task, ctx.device
+        seed = ctx.seed + task.index
         teacher = copy.deepcopy(working).eval().requires_grad_(False)
-        state = ctx["state"]
-        data = deploy_data(task, state.memory, config.balance, seed + task.index)
-        val = _seen_val(ctx, task)
-        input_shape = ctx["input_shape"]
-        device = str(next(working.parameters()).device)
+        data = deploy_data(task, ctx.memory, config.balance, seed)
+        val = ctx.seen_val()
         limit = budget_bytes(config.budget, working)
         report: dict[str, Any] = {"budget_bytes": limit, "steps": []}
         model = copy.deepcopy(working)
-        if "student" not in carried and ctx.get("student_path") and Path(ctx["student_path"]).exists():
-            from ..models.checkpoint import load_checkpoint
-
-            carried["student"] = load_checkpoint(ctx["student_path"]).to(device)
         for kind, step in config.step_list():
             if kind == "distill":
-                model = _distill(teacher, step, data, carried, device, seed + task.index)
-                carried["student"] = copy.deepcopy(model)
+                model = _distill(teacher, step, data, self.student, device, seed)
+                self.student = copy.deepcopy(model)
+                info = {"val_accuracy": accuracy(model, val)}
             elif kind == "prune":
-                model, info = _prune(model, teacher, step, data, val, input_shape, config, device, seed + task.index)
-                report["steps"].append({"prune": info})
-                continue
-            elif kind == "quantize":
-                search_limit = None
-                if limit is not None:  # the search sizes weights only; the file also carries the header
-                    from ..export.artifact import artifact_nbytes
-
-                    search_limit = limit - (artifact_nbytes(model, ctx["meta"]) - artifact_nbytes(model))
-                model, info = _quantize(model, teacher, step, data, val, search_limit, config, device,
-                                        seed + task.index)
-                report["steps"].append({"quantize": info})
-                continue
-            report["steps"].append({kind: {"val_accuracy": accuracy(model, val)}})
+                model, info = _prune(model, teacher, step, data, val, ctx.input_shape, config, device, seed)
+            else:  # quantize (the last step): the search sizes weights only; the file also carries the header
+                search_limit = None if limit is None else \
+                    limit - (artifact_nbytes(model, ctx.meta) - artifact_nbytes(model))
+                model, info = _quantize(model, teacher, step, data, val, search_limit, config, device, seed)
+            report["steps"].append({kind: info})
         model.eval()
-        path = ctx["dir"] / "deployed.ccl"
-        nbytes = save_artifact(model, path, ctx["meta"])
+        path = ctx.task_dir / self.files[0]
+        nbytes = save_artifact(model, path, ctx.meta)
         report.update({"bytes": nbytes, "val_accuracy": accuracy(model, val),
                        "teacher_val_accuracy": accuracy(teacher, val)})
         if limit is not None:
@@ -234,12 +232,10 @@ def make_deployer(config: CompressConfig, export_onnx: bool = False, int8: bool 
                                      f"({nbytes / limit - 1:.0%}) over the budget of {limit} bytes even after "
                                      "compression; use a smaller student, a higher prune ratio, fewer bits, or "
                                      "raise compress.budget")
-        if "student" in carried:
-            from ..models.checkpoint import save_checkpoint
-
-            save_checkpoint(carried["student"], ctx["dir"] / "student.safetensors", ctx["meta"])
-        if export_onnx or config.budget.latency_ms:
-            report["onnx"] = _export(model, ctx, int8, config.budget)
+        if self.student is not None:
+            save_checkpoint(self.student, ctx.task_dir / self.state_files[0], ctx.meta)
+        if self.export_onnx or config.budget.latency_ms:
+            report["onnx"] = _export(model, ctx, self.int8, config.budget)
             if config.budget.latency_ms and report["onnx"]["latency_ms"] > config.budget.latency_ms:
                 b = config.budget
                 raise CompactCLError(f"task {task.index}: deployed latency {report['onnx']['latency_ms']:.3f} ms "
@@ -247,19 +243,17 @@ def make_deployer(config: CompressConfig, export_onnx: bool = False, int8: bool 
                                      f"exceeds compress.budget.latency_ms={b.latency_ms}; use a smaller student, "
                                      "prune more (a prune step with round_to: 8; its `tried` list in metrics.json "
                                      "shows each ratio's latency) or raise the latency budget")
-        return model, path, report
-
-    return deploy
+        return Deployed(model, path, report)
 
 
-def _distill(teacher: nn.Module, step: DistillStep, data: TensorData, carried: dict[str, Any], device: str,
+def _distill(teacher: nn.Module, step: DistillStep, data: TensorData, previous: nn.Module | None, device: str,
              seed: int) -> nn.Module:
     from ..compress.distill import DistillConfig, create_student, distill
 
     n = teacher.num_classes
-    prev = carried.get("student") if step.reuse else None
+    prev = previous if step.reuse else None
     if prev is not None and prev.num_classes < n:
-        student = copy.deepcopy(prev)
+        student = copy.deepcopy(prev).to(device)
         student.grow(n - prev.num_classes)
     else:
         torch.manual_seed(seed)
@@ -282,7 +276,7 @@ def _prune(model: nn.Module, teacher: nn.Module, step: PruneStep, data: TensorDa
         prune_(m, config_for(step.method, ratio, **kwargs),
                PruneData(input_shape=tuple(input_shape), train=data, val=val, train_cfg=tc))
         if step.finetune_epochs:
-            train(m, data, kd_train_loss(teacher, 4.0, 0.5), tc, desc="prune finetune")
+            train(m, data, teacher_kd_loss(teacher, step.temperature, step.alpha), tc, desc="prune finetune")
         return finalize_(m)
 
     if step.ratio != "auto":
@@ -322,16 +316,15 @@ def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: Te
     else:
         qcfg = config_for(step.method, int(step.bits), **extra)
         info["bits"] = int(step.bits)
-    model = model.cpu()
     if step.qat_epochs:
-        qat_(model, qcfg, data, QATConfig(epochs=step.qat_epochs, lr=step.lr, seed=seed),
-             loss_fn=kd_train_loss(teacher.cpu(), 4.0, 0.5))
+        qat_(model, qcfg, data, QATConfig(epochs=step.qat_epochs, lr=step.lr, seed=seed, device=device),
+             loss_fn=teacher_kd_loss(teacher, step.temperature, step.alpha))
     else:
         from ..compress.quantize import quantize_
 
         quantize_(model, qcfg)
     info["val_accuracy"] = accuracy(model, val)
-    return model.to(device), info
+    return model, info
 
 
 def _latency(model: nn.Module, input_shape: tuple[int, ...], budget: Budget) -> float:
@@ -346,26 +339,25 @@ def _latency(model: nn.Module, input_shape: tuple[int, ...], budget: Budget) -> 
         return onnx_latency_ms(path, input_shape, budget.latency_batch, budget.latency_threads)
 
 
-def _export(model: nn.Module, ctx: dict[str, Any], int8: bool, budget: Budget) -> dict[str, Any]:
+def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget) -> dict[str, Any]:
     """deployed.onnx (fp32) and, with ``int8``, deployed.int8.onnx — each checked against PyTorch on the
     test split of the tasks seen (a check, never a choice); latency in ONNX Runtime."""
     from ..export.onnx import export_checked
     from ..metrics.latency import onnx_latency_ms
 
-    input_shape = ctx["input_shape"]
-    index = ctx["meta"]["task"]
-    tasks = ctx["stream"].tasks[: index + 1]
-    test = TensorData.cat([t.test for t in tasks])
+    input_shape, folder = ctx.input_shape, ctx.task_dir
+    test = ctx.seen_test()
     cpu_model = copy.deepcopy(model).cpu().eval()
-    out = export_checked(cpu_model, ctx["dir"] / "deployed.onnx", input_shape, test.x, test.y, latency=False)
-    out["latency_ms"] = onnx_latency_ms(ctx["dir"] / "deployed.onnx", input_shape, budget.latency_batch,
+    out = export_checked(cpu_model, folder / "deployed.onnx", input_shape, test.x, test.y, latency=False)
+    out["path"] = "deployed.onnx"  # beside the .ccl: a run folder stays valid when moved (and resumes exactly)
+    out["latency_ms"] = onnx_latency_ms(folder / "deployed.onnx", input_shape, budget.latency_batch,
                                         budget.latency_threads)
     if int8:
-        calib = TensorData.cat([t.train for t in tasks]).x
+        calib = TensorData.cat([t.train for t in ctx.seen]).x
         calib = calib[torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))[:512]]
-        q = export_checked(cpu_model, ctx["dir"] / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
+        q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
                            calib_x=calib, latency=False)
         out["int8"] = {"bytes": q["bytes"], "accuracy": q["accuracy"], "agreement": q["agreement"],
-                       "latency_ms": onnx_latency_ms(ctx["dir"] / "deployed.int8.onnx", input_shape,
+                       "latency_ms": onnx_latency_ms(folder / "deployed.int8.onnx", input_shape,
                                                      budget.latency_batch, budget.latency_threads)}
     return out

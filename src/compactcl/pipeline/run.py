@@ -40,14 +40,12 @@ from ..models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from ..models.net import IncrementalNet
 from ..utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..utils import distributed as dist
+from .deploy import DeployContext, Deployer, IdentityDeployer
 from .recipe import Recipe
 
-__all__ = ["run_recipe", "build_stream", "resolve_device", "METRICS_SCHEMA", "Deployer"]
+__all__ = ["run_recipe", "build_stream", "resolve_device", "METRICS_SCHEMA"]
 
 METRICS_SCHEMA = "compactcl.metrics/1"
-
-# deploy(working model, task, context) -> (deployed model, file written, extra figures)
-Deployer = Callable[[nn.Module, Task, dict[str, Any]], tuple[nn.Module, Path, dict[str, Any]]]
 
 
 def resolve_device(name: str) -> str:
@@ -156,17 +154,6 @@ def train_config(recipe: Recipe, device: str, progress: bool) -> TrainConfig:
     return recipe.learner.train_config(device, recipe.seed, progress)
 
 
-def identity_deployer(run_dir: Path) -> Deployer:
-    """Until a `compress:` section is given, the deployed model is the working model, saved as is."""
-
-    def deploy(model: nn.Module, task: Task, ctx: dict[str, Any]) -> tuple[nn.Module, Path, dict[str, Any]]:
-        path = run_dir / "tasks" / f"{task.index:02d}" / "deployed.safetensors"
-        save_checkpoint(model, path, ctx["meta"])
-        return model, path, {"note": "no compress section: deployed = working (fp32 checkpoint)"}
-
-    return deploy
-
-
 @dataclass
 class _Scores:
     working: list[float]
@@ -225,7 +212,7 @@ def _metrics_doc(recipe: Recipe, stream: Stream, rows: list[dict[str, Any]], sta
 
 
 def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True,
-               deployer: Deployer | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+               deployer: "Deployer | None" = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``recipe`` into folder ``out`` and return the metrics document (metrics.json)."""
     if recipe.ladder is not None:
         from .ladder import run_ladder
@@ -290,12 +277,12 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             state = _load_state(last / "state.safetensors", state, stream)
             log(f"resuming {out} after task {len(rows) - 1}")
     if deployer is None and recipe.compress is not None:
-        from .compress import make_deployer
+        from .compress import CompressDeployer
 
-        deployer = make_deployer(recipe.compress, recipe.export.onnx, recipe.export.int8, recipe.seed)
-    deploy = deployer or identity_deployer(out)
-    note = ("no compress section: deployed = working (fp32 checkpoint)" if deployer is None else
-            "deployed = working compressed by the recipe's compress steps into a packed .ccl artifact")
+        deployer = CompressDeployer(recipe.compress, recipe.export.onnx, recipe.export.int8)
+    deployer = deployer or IdentityDeployer()
+    if rows:
+        deployer.resume(out / "tasks" / f"{len(rows) - 1:02d}")
     meta_stream = stream_meta(recipe, stream)
     input_shape = (stream.dataset.in_channels, stream.dataset.input_size, stream.dataset.input_size)
 
@@ -320,13 +307,14 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             meta = {"stream": meta_stream, "task": task.index, "labels": state.seen_labels,
                     "classes": [stream.class_order[i] for i in state.seen_labels], "recipe": recipe.name}
             working_bytes = save_checkpoint(state.model, task_dir / "working.safetensors", meta)
-            ctx = {"meta": meta, "stream": stream, "state": state, "input_shape": input_shape, "dir": task_dir,
-                   "student_path": out / "tasks" / f"{task.index - 1:02d}" / "student.safetensors"}
+            ctx = DeployContext(task=task, seen=stream.tasks[: task.index + 1], memory=state.memory, meta=meta,
+                                input_shape=input_shape, task_dir=task_dir, device=device, seed=recipe.seed)
             t1 = time.perf_counter()
             # The deployer's random draws (student init, calibration picks) stay out of the
             # learner's stream: adding a compress section must not change the working model.
             with torch.random.fork_rng(devices=_live_cuda_devices()):
-                deployed, deployed_path, extra = deploy(state.model, task, ctx)
+                result = deployer.deploy(state.model, ctx)
+            deployed, deployed_path, extra = result.model, result.path, result.report
             deploy_seconds = time.perf_counter() - t1
             scores = _score(state.model, deployed, stream.tasks[: task.index + 1], state.means())
             previous = out / "tasks" / f"{task.index - 1:02d}" / deployed_path.name
@@ -347,8 +335,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                 **({"deploy": extra} if extra else {}),
             })
             _save_state(task_dir / "state.safetensors", state)
-            _publish_final(out, task_dir, deployed_path)
-            atomic_write_json(metrics_path, _metrics_doc(recipe, stream, rows, "running", note))
+            _publish_final(out, task_dir, deployer.files)
+            atomic_write_json(metrics_path, _metrics_doc(recipe, stream, rows, "running", deployer.note))
             if tb is not None:
                 tb.log_task(task.index, rows[-1], {w: accuracy_matrix(rows, w) for w in ("working", "deployed")})
             if tasks_bar is not None:
@@ -359,7 +347,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             tb.close()
         if tasks_bar is not None:
             tasks_bar.close()
-    doc = _metrics_doc(recipe, stream, rows, "complete", note)
+    doc = _metrics_doc(recipe, stream, rows, "complete", deployer.note)
     atomic_write_json(metrics_path, doc)
     from ..report.html import write_report
 
@@ -372,19 +360,18 @@ def _live_cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
-def _publish_final(out: Path, task_dir: Path, deployed_path: Path) -> None:
-    """final/ mirrors the last finished task (copied atomically, file by file)."""
+def _publish_final(out: Path, task_dir: Path, deployed_files: tuple[str, ...]) -> None:
+    """final/ mirrors the last finished task (copied atomically, file by file): the working model
+    and the deployer's declared files. A declared file this task did not write is removed from
+    final/ (it belonged to an earlier task); no other file there is touched."""
     final = out / "final"
     final.mkdir(parents=True, exist_ok=True)
-    for src, name in ((task_dir / "working.safetensors", "working.safetensors"),
-                      (deployed_path, f"deployed{''.join(deployed_path.suffixes)}")):
-        atomic_write_bytes(final / name, src.read_bytes())
-    for stale in final.glob("deployed.*"):
-        if stale.name != f"deployed{''.join(deployed_path.suffixes)}":
-            stale.unlink()
-    for name in ("deployed.onnx", "deployed.int8.onnx"):
+    atomic_write_bytes(final / "working.safetensors", (task_dir / "working.safetensors").read_bytes())
+    for name in deployed_files:
         if (task_dir / name).exists():
             atomic_write_bytes(final / name, (task_dir / name).read_bytes())
+        else:
+            (final / name).unlink(missing_ok=True)
 
 
 def _bar(total: int, initial: int, enabled: bool):

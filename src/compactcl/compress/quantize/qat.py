@@ -39,10 +39,11 @@ class QATConfig:
     seed: int = 0
     schedule: str = "cosine"
     fp16_side: bool = True  # re-round biases/BN to fp16 after training (see quantize_)
+    device: str = "cpu"  # where the model is: the run's device (grids and codes stay on the CPU)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
-                           seed=self.seed, schedule=self.schedule, weight_decay=0.0)
+                           seed=self.seed, schedule=self.schedule, weight_decay=0.0, device=self.device)
 
 
 class StraightThrough(nn.Module):
