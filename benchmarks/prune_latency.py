@@ -26,7 +26,7 @@ import torch
 from compactcl.compress.prune import (MagnitudeConfig, PruneData, SensitivityConfig, StructuredConfig, channel_counts,
                                       finalize_, finetune_, prune_)
 from compactcl.compress.prune.api import cross_entropy
-from compactcl.compress.prune.report import onnx_latencies, save_model
+from compactcl.export.measure import onnx_latencies, save_model
 from compactcl.compress.prune.unstructured import layer_sparsity
 from compactcl.data import TensorData, class_incremental, load_dataset
 from compactcl.engine import TrainConfig, accuracy, train

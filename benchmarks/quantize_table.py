@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from compactcl.compress.quantize import QATConfig, config_for, qat_, quantize_, search_layer_bits
 from compactcl.data import class_incremental, load_dataset
-from compactcl.export.artifact import save_artifact
+from compactcl.export.artifact import artifact_nbytes, save_artifact
 from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.metrics.model_stats import fp32_bytes
 from compactcl.models import IncrementalNet
@@ -84,7 +84,8 @@ def run_setup(name: str, quick: bool, tmp: Path) -> dict:
     # mixed precision under a byte budget, chosen on the validation split
     budget = int(0.09 * fp32)
     t0 = time.time()
-    res = search_layer_bits(net, "kmeans", task.val, tolerance=None, budget_bytes=budget, choices=(8, 6, 4, 3, 2))
+    res = search_layer_bits(net, "kmeans", task.val, tolerance=None, budget_bytes=budget, choices=(8, 6, 4, 3, 2),
+                            size_of=artifact_nbytes)
     m = quantize_(copy.deepcopy(net), res.config)
     search = {"budget_bytes": budget, "bits": res.bits, "met": res.met, "val_accuracy": res.val_accuracy,
               "test_accuracy": accuracy(m, task.test), "bytes": save_artifact(m, tmp / f"{name}-mixed.ccl"),

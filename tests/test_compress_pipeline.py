@@ -3,7 +3,8 @@ import pytest
 from compactcl import CompactCLError
 from compactcl.data import ExemplarMemory, class_incremental
 from compactcl.models import IncrementalNet
-from compactcl.pipeline.compress import CompressConfig, budget_bytes, deploy_data
+from compactcl.pipeline.compress import budget_bytes, deploy_data
+from compactcl.pipeline.config import CompressConfig
 from compactcl.pipeline.recipe import load_recipe
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from compactcl.cli.main import main
 from compactcl.errors import CompactCLError
-from compactcl.pipeline.ladder import STAGES, LadderConfig
+from compactcl.pipeline.config import LadderConfig
+from compactcl.pipeline.ladder import STAGES
 
 TINY = ["--set", "ladder.teacher_epochs=8", "--set", "ladder.distill_epochs=8", "--set", "ladder.finetune_epochs=1",
         "--set", "ladder.qat_epochs=1", "--set", "ladder.latency_repeats=3", "--set", "ladder.calib_samples=64",

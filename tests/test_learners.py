@@ -6,7 +6,7 @@ import torch
 from compactcl.data import ExemplarMemory, class_incremental
 from compactcl.learners import LEARNERS, LearnerState, create_learner
 from compactcl.engine import TrainConfig, accuracy
-from compactcl.models import DERNet, IncrementalNet
+from compactcl.models import IncrementalNet
 
 
 def run_stream(digits, name, epochs=6, **opts):

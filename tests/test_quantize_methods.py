@@ -24,7 +24,7 @@ from compactcl.errors import CompactCLError
 from compactcl.export.artifact import load_artifact, save_artifact
 from compactcl.engine import TrainConfig, accuracy, train
 from compactcl.models import IncrementalNet
-from compactcl.pipeline.compress import QuantizeStep
+from compactcl.pipeline.config import QuantizeStep
 
 
 def _net(backbone="cnn"):

@@ -27,7 +27,7 @@ def trained(digits):
 
 def test_model_search_picks_smallest_width_within_tolerance(trained):
     net, task = trained
-    res = search_model_bits(net, "linear", task.val, tolerance=0.02)
+    res = search_model_bits(net, "linear", task.val, tolerance=0.02, size_of=artifact_nbytes)
     base = accuracy(net, task.val)
     assert res.baseline_val_accuracy == base and res.met
     chosen = [r for r in res.rows if r["chosen"]]
@@ -36,16 +36,19 @@ def test_model_search_picks_smallest_width_within_tolerance(trained):
     assert set(res.bits.values()) == {chosen[0]["bits"]}
     q = quantize_(copy.deepcopy(net), res.config)
     assert accuracy(q, task.val) == res.val_accuracy and artifact_nbytes(q) == res.bytes
-    strict = search_model_bits(net, "log", task.val, tolerance=-1.0)  # impossible: reports, does not pretend
+    # impossible: reports, does not pretend
+    strict = search_model_bits(net, "log", task.val, tolerance=-1.0, size_of=artifact_nbytes)
     assert not strict.met and strict.bits["head"] == 8
 
 
 def test_layer_search_under_budget_fits_and_reports_reasons(trained):
     net, task = trained
     uniform8 = artifact_nbytes(quantize_(copy.deepcopy(net), search_model_bits(net, "kmeans", task.val,
-                                                                               choices=(8,)).config))
+                                                                               choices=(8,),
+                                                                               size_of=artifact_nbytes).config))
     budget = int(uniform8 * 0.45)
-    res = search_layer_bits(net, "kmeans", task.val, tolerance=None, budget_bytes=budget, choices=(8, 4, 3, 2))
+    res = search_layer_bits(net, "kmeans", task.val, tolerance=None, budget_bytes=budget, choices=(8, 4, 3, 2),
+                            size_of=artifact_nbytes)
     q = quantize_(copy.deepcopy(net), res.config)
     assert res.met and artifact_nbytes(q) == res.bytes <= budget
     assert {wq.bits for wq in quantized_layers(q).values()} == set(res.bits.values())
@@ -57,10 +60,11 @@ def test_layer_search_under_budget_fits_and_reports_reasons(trained):
 
 def test_layer_search_under_tolerance_keeps_the_drop(trained):
     net, task = trained
-    res = search_layer_bits(net, "linear", task.val, tolerance=0.01, choices=(8, 4, 3, 2))
+    res = search_layer_bits(net, "linear", task.val, tolerance=0.01, choices=(8, 4, 3, 2),
+                            size_of=artifact_nbytes)
     assert res.met and res.baseline_val_accuracy - res.val_accuracy <= 0.01
     assert min(res.bits.values()) < 8  # something was lowered
     q = quantize_(copy.deepcopy(net), res.config)
     assert accuracy(q, task.val) == res.val_accuracy
     with pytest.raises(CompactCLError):
-        search_layer_bits(net, "linear", task.val, tolerance=None, budget_bytes=None)
+        search_layer_bits(net, "linear", task.val, tolerance=None, budget_bytes=None, size_of=artifact_nbytes)

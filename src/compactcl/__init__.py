@@ -4,8 +4,19 @@
 >>> model = compactcl.load("runs/demo")  # doctest: +SKIP
 """
 
-from .api import checkpoint_data, load
+from typing import Any
+
 from .errors import CompactCLError
 
 __version__ = "0.1.0"
 __all__ = ["load", "checkpoint_data", "CompactCLError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # torch loads on first use, not on `import compactcl`: reading a recipe or a metrics.json,
+    # `compactcl --help` and `compactcl list` stay light
+    if name in ("load", "checkpoint_data"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'compactcl' has no attribute {name!r}")

@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..api import checkpoint_data, load, resolve_model_path
     from ..compress.prune import PruneData, config_for, finalize_, finetune_, prune_
-    from ..compress.prune.report import model_figures, onnx_latencies, save_model
+    from ..export.measure import model_figures, onnx_latencies, save_model
     from ..errors import CompactCLError
     from ..engine.loop import TrainConfig
     from ..models.checkpoint import read_header

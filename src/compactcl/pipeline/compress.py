@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ..data.datasets import TensorData
@@ -34,112 +33,10 @@ from ..errors import CompactCLError
 from ..engine.loop import TrainConfig, accuracy, train
 from ..engine.losses import teacher_kd_loss
 from ..models.protocol import IncrementalModel
+from .config import Budget, CompressConfig, DistillStep, PruneStep, QuantizeStep
 from .deploy import DeployContext, Deployed, Deployer
 
-__all__ = ["CompressConfig", "Budget", "CompressDeployer", "STEP_TYPES", "budget_bytes", "deploy_data"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Budget(_Strict):
-    bytes: int | None = Field(None, gt=0)  # packed artifact bytes on disk
-    fraction_of_backbone: float | None = Field(None, gt=0)  # of ONE fp32 backbone + head of the working model
-    latency_ms: float | None = Field(None, gt=0)  # ONNX Runtime, batch latency_batch, latency_threads threads
-    latency_batch: int = Field(1, ge=1)
-    latency_threads: int = Field(1, ge=1)
-
-
-class DistillStep(_Strict):
-    student: str = "same"  # a student name (compactcl.compress.distill.list_students) or a backbone
-    options: dict[str, Any] = Field(default_factory=dict)  # student backbone options, e.g. width
-    epochs: int = Field(30, ge=1)  # task data + memory is small: a short schedule under-trains the student
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
-    lr: float = Field(0.05, gt=0)
-    batch_size: int = Field(32, ge=1)
-    reuse: bool = True  # start from the previous task's student (head grown) — FOSTER-style continuity
-
-
-class PruneStep(_Strict):
-    method: Literal["structured", "magnitude", "l1", "sensitivity"] = "structured"
-    ratio: float | Literal["auto"] = 0.3
-    round_to: int | None = Field(None, ge=1)
-    # The deploy data are exemplars + a capped share of the new task (a few hundred images on digits):
-    # 2 epochs left a half-pruned student at 0.71 validation accuracy, 10 brought it back to 0.98.
-    finetune_epochs: int = Field(10, ge=0)
-    lr: float = Field(0.01, gt=0)
-    temperature: float = Field(4.0, gt=0)  # the fine-tune's KD from the working model
-    alpha: float = Field(0.5, ge=0, le=1)
-    choices: list[float] = Field(default_factory=lambda: [0.7, 0.5, 0.3, 0.1])  # tried by ratio: auto
-
-    @model_validator(mode="after")
-    def _ratio_range(self) -> "PruneStep":
-        if self.ratio != "auto" and not 0 <= float(self.ratio) < 1:
-            raise ValueError(f"prune ratio must be in [0, 1) or 'auto', got {self.ratio}")
-        return self
-
-
-class QuantizeStep(_Strict):
-    method: str = "linear"  # a registered quantization method: compactcl.compress.quantize.list_methods()
-    bits: int | Literal["auto"] = 8
-    per_channel: bool = True
-    qat_epochs: int = Field(2, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    temperature: float = Field(4.0, gt=0)  # QAT's KD from the working model
-    alpha: float = Field(0.5, ge=0, le=1)
-    choices: list[int] = Field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        from ..compress.quantize import list_methods
-
-        if v not in list_methods():
-            raise ValueError(f"quantize method {v!r} unknown; choose one of {', '.join(list_methods())}")
-        return v
-
-    @model_validator(mode="after")
-    def _bits_range(self) -> "QuantizeStep":
-        if self.bits != "auto" and not 1 <= int(self.bits) <= 8:
-            raise ValueError(f"quantize bits must be 1..8 or 'auto', got {self.bits}")
-        return self
-
-
-STEP_TYPES: dict[str, type[_Strict]] = {"distill": DistillStep, "prune": PruneStep, "quantize": QuantizeStep}
-
-
-class CompressConfig(_Strict):
-    budget: Budget = Field(default_factory=Budget)
-    tolerance: float = Field(0.01, ge=0, le=1)
-    # Class balance of the data the deployed model is trained on (distill, prune fine-tune, QAT): the
-    # exemplars of every class seen, plus at most `balance` x (exemplars per class) images of each new
-    # class. Without it the new task's data swamps the old classes and the student forgets them.
-    # null: the task's data + the memory, unbalanced.
-    balance: float | None = Field(2.0, gt=0)
-    steps: list[dict[str, Any]] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _parse_steps(self) -> "CompressConfig":
-        parsed = []
-        for i, item in enumerate(self.steps):
-            if not isinstance(item, dict) or len(item) != 1:
-                raise ValueError(f"steps[{i}] must be a one-key mapping like {{prune: {{...}}}}; "
-                                 f"allowed steps: {', '.join(STEP_TYPES)}")
-            (kind, opts), = item.items()
-            if kind not in STEP_TYPES:
-                raise ValueError(f"steps[{i}]: unknown step {kind!r}; allowed steps: {', '.join(STEP_TYPES)}")
-            cfg = opts if isinstance(opts, BaseModel) else STEP_TYPES[kind].model_validate(opts or {})
-            parsed.append({kind: cfg})
-        kinds = [next(iter(s)) for s in parsed]
-        if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
-            raise ValueError("quantize must be the last step (fine-tuning after it is its qat_epochs)")
-        object.__setattr__(self, "steps", parsed)
-        return self
-
-    def step_list(self) -> list[tuple[str, Any]]:
-        return [next(iter(s.items())) for s in self.steps]
+__all__ = ["CompressDeployer", "budget_bytes", "deploy_data"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,6 +197,7 @@ def _prune(model: nn.Module, teacher: nn.Module, step: PruneStep, data: TensorDa
 def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
               limit: int | None, config: CompressConfig, device: str, seed: int) -> tuple[nn.Module, dict]:
     from ..compress.quantize import QATConfig, config_for, get_method, qat_, search_layer_bits, search_model_bits
+    from ..export.artifact import artifact_nbytes
 
     method = get_method(step.method)
     extra = method.accepted({"per_channel": step.per_channel})  # e.g. k-means has one codebook per layer
@@ -308,9 +206,10 @@ def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: Te
         choices = tuple(b for b in step.choices if b >= method.min_bits)
         if limit is not None:
             res = search_layer_bits(model, step.method, val, tolerance=None, budget_bytes=limit, choices=choices,
-                                    **extra)
+                                    size_of=artifact_nbytes, **extra)
         else:
-            res = search_model_bits(model, step.method, val, tolerance=config.tolerance, choices=choices, **extra)
+            res = search_model_bits(model, step.method, val, tolerance=config.tolerance, choices=choices,
+                                    size_of=artifact_nbytes, **extra)
         qcfg = res.config
         info.update({"bits": res.bits, "search_met": res.met, "search_bytes": res.bytes})
     else:

@@ -32,83 +32,22 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if TYPE_CHECKING:  # heavy imports (torch, onnxruntime) stay out of recipe parsing
+from .config import LadderConfig
+
+if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..data.datasets import TensorData
     from .recipe import Recipe
 
-__all__ = ["LadderConfig", "run_ladder", "ladder_markdown", "LADDER_SCHEMA", "STAGES"]
+__all__ = ["run_ladder", "ladder_markdown", "LADDER_SCHEMA", "STAGES"]
 
 LADDER_SCHEMA = "compactcl.ladder/1"
 STAGES = ("teacher", "teacher-int8", "teacher-pruned", "student", "student-pruned-quantized")
-
-
-class LadderConfig(BaseModel):
-    """The ``ladder:`` section of a recipe. Epochs count passes over the (possibly limited)
-    training split; ``per_dataset`` overrides any of these keys for one dataset, e.g.
-    ``per_dataset: {fashion-mnist: {teacher_epochs: 8, train_limit: 20000}}``."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    train_limit: int | None = Field(None, ge=10)  # train on a seeded subset of this many images (CPU budget)
-    batch_size: int = Field(64, ge=1)
-    # (1) teacher
-    teacher_epochs: int = Field(30, ge=1)
-    lr: float = Field(0.05, gt=0)
-    # (3) structured pruning of the int8 teacher + fine-tune (KD from the fp32 teacher)
-    prune_ratio: float = Field(0.3, ge=0, lt=1)
-    round_to: int | None = Field(None, ge=1)  # keep channel counts multiples of this (speed, see anchors)
-    importance: str = "l2"
-    finetune_epochs: int = Field(5, ge=0)
-    finetune_lr: float = Field(0.01, gt=0)
-    # (4) distilled student
-    student: str = "narrow-cnn"  # compactcl.compress.distill.list_students()
-    student_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {width: 8}
-    distill_epochs: int = Field(30, ge=1)
-    temperature: float = Field(1.0, gt=0)  # T=1, alpha=0.5 won on validation in notes/distill.md
-    alpha: float = Field(0.5, ge=0, le=1)
-    # (5) the student pruned + quantized
-    final_prune_ratio: float = Field(0.3, ge=0, lt=1)
-    final_quant: str = "kmeans"  # a registered quantization method: compactcl.compress.quantize.list_methods()
-    final_bits: int = Field(4, ge=1, le=8)
-    qat_epochs: int = Field(3, ge=0)
-    qat_lr: float = Field(1e-3, gt=0)
-    final_onnx: Literal["int8", "fp32"] = "int8"  # the runtime graph of the last rung (4-bit is storage only)
-    # measurement
-    latency_repeats: int = Field(50, ge=1)
-    calib_samples: int = Field(512, ge=1)  # training images that calibrate the int8 ONNX activations
-    per_dataset: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self) -> "LadderConfig":
-        from ..compress.prune.importance import IMPORTANCES
-        from ..compress.quantize import get_method, list_methods
-
-        if self.importance not in IMPORTANCES:
-            raise ValueError(f"importance {self.importance!r} unknown; choose one of {', '.join(sorted(IMPORTANCES))}")
-        if self.final_quant not in list_methods():
-            raise ValueError(f"final_quant {self.final_quant!r} unknown; choose one of {', '.join(list_methods())}")
-        min_bits = get_method(self.final_quant).min_bits
-        if self.final_bits < min_bits:
-            raise ValueError(f"final_bits must be >= {min_bits} for {self.final_quant} quantization, "
-                             f"got {self.final_bits}")
-        fields = set(type(self).model_fields) - {"per_dataset"}
-        for ds, over in self.per_dataset.items():
-            unknown = sorted(set(over) - fields)
-            if unknown:
-                raise ValueError(f"per_dataset.{ds}: unknown key(s) {unknown}; allowed: {', '.join(sorted(fields))}")
-        return self
-
-    def for_dataset(self, name: str) -> "LadderConfig":
-        """This config with ``per_dataset[name]`` applied (validated again)."""
-        over = self.per_dataset.get(name, {})
-        return type(self).model_validate({**self.model_dump(exclude={"per_dataset"}), **over})
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -239,7 +178,8 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
     from ..models.checkpoint import load_checkpoint, save_checkpoint
     from ..models.net import IncrementalNet
     from ..utils.atomic import atomic_write_json, atomic_write_text
-    from .run import build_stream, resolve_device
+    from ..utils.distributed import resolve_device
+    from .stream import build_stream
 
     if recipe.ladder is None:
         raise CompactCLError("run_ladder needs a recipe with a ladder: section (see `compactcl run ladder`)")

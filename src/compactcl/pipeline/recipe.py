@@ -15,8 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from ..errors import CompactCLError
-from .compress import CompressConfig
-from .ladder import LadderConfig
+from .config import CompressConfig, LadderConfig
 
 __all__ = ["Recipe", "load_recipe", "list_recipes", "apply_overrides", "RECIPE_VERSION"]
 

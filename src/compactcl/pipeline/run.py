@@ -27,9 +27,8 @@ import yaml
 from safetensors.torch import load_file, save as st_save
 from torch import nn
 
-from ..data.datasets import load_dataset
 from ..data.memory import ExemplarMemory
-from ..data.stream import Stream, Task, class_incremental
+from ..data.stream import Stream, Task
 from ..errors import CompactCLError
 from ..engine.loop import TrainConfig, TrainHooks, accuracy
 from ..learners import LearnerState, learner_class
@@ -42,38 +41,11 @@ from ..utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_t
 from ..utils import distributed as dist
 from .deploy import DeployContext, Deployer, IdentityDeployer
 from .recipe import Recipe
+from .stream import build_stream, stream_meta
 
-__all__ = ["run_recipe", "build_stream", "resolve_device", "METRICS_SCHEMA"]
+__all__ = ["run_recipe", "METRICS_SCHEMA"]
 
 METRICS_SCHEMA = "compactcl.metrics/1"
-
-
-def resolve_device(name: str) -> str:
-    """auto -> cuda or cpu; under torchrun plain cuda -> cuda:LOCAL_RANK (utils.distributed.resolve_device)."""
-    from ..utils.distributed import resolve_device as _resolve
-
-    return _resolve(name)
-
-
-def build_stream(recipe: Recipe) -> Stream:
-    d = recipe.data
-    if recipe.seed < 0:
-        raise CompactCLError(f"seed: must be a non-negative integer, got {recipe.seed}")
-    try:
-        ds = load_dataset(d.dataset, d.root, **d.options)
-    except TypeError as e:  # an option the loader does not take
-        raise CompactCLError(f"data.options {d.options} are not options of dataset {d.dataset!r} ({e})") from e
-    return class_incremental(ds, d.tasks, d.classes_per_task, d.first_task_classes, recipe.seed, d.val_fraction,
-                             d.class_order)
-
-
-def stream_meta(recipe: Recipe, stream: Stream) -> dict[str, Any]:
-    """What `checkpoint_data` needs to rebuild the exact stream a checkpoint was trained on."""
-    d = recipe.data
-    return {"dataset": d.dataset, "root": d.root, "dataset_options": d.options, "tasks": d.tasks,
-            "classes_per_task": d.classes_per_task, "first_task_classes": d.first_task_classes,
-            "seed": recipe.seed, "val_fraction": d.val_fraction, "class_order": stream.class_order,
-            "normalization": stream.dataset.normalization}
 
 
 def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
@@ -93,7 +65,7 @@ def first_task_model(recipe: Recipe, stream: Stream) -> nn.Module:
     """The model named by ``model.first_task_from``, checked to be the first task's model: a
     full-precision checkpoint of the network the recipe describes (the kind the learner grows), for
     the same data and input, whose head holds the first task's classes in order."""
-    from ..api import check_input, load
+    from ..export.load import check_input, load
 
     source = recipe.model.first_task_from
     path = Path(source)
@@ -249,7 +221,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     if resume and (out / "recipe.yaml").exists() and (out / "recipe.yaml").read_text() != recipe_text:
         raise CompactCLError(f"{out} was started with a different recipe; resume with the same recipe and --set "
                              f"values (see {out / 'recipe.yaml'}), or start a new --out")
-    device = resolve_device(recipe.device)
+    device = dist.resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     stream = build_stream(recipe)
     # checked before anything is written: a wrong first-task model fails the run at once

@@ -17,15 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ...data.datasets import TensorData
 from ...engine.loop import LossFn, TrainConfig, train
+from ...engine.losses import ce_loss
 from .api import QuantConfig, quantize_, round_side_tensors_
-from .methods.kmeans import SharedWeights  # re-exported: it lived here before
-from .state import WeightQuant, quantized_layers, set_weight_quant
+from .methods.base import StraightThrough  # re-exported: they lived here before
+from .methods.kmeans import SharedWeights
+from .state import quantized_layers, set_weight_quant
 
 __all__ = ["QATConfig", "qat_", "StraightThrough", "SharedWeights"]
 
@@ -44,25 +45,6 @@ class QATConfig:
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
                            seed=self.seed, schedule=self.schedule, weight_decay=0.0, device=self.device)
-
-
-class StraightThrough(nn.Module):
-    """Parametrization: latent weight -> grid value in the forward pass, identity gradient."""
-
-    def __init__(self, wq: WeightQuant, mask: torch.Tensor):
-        super().__init__()
-        self.wq = wq
-        self.register_buffer("mask", mask)
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            snapped = self.wq.fake(latent.detach())
-        # value is exactly ``snapped`` (latent - latent.detach() is 0.0); gradient is the identity
-        return (snapped + (latent - latent.detach())) * self.mask
-
-
-def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
 
 
 def qat_(model: nn.Module, config: QuantConfig | None, data: TensorData, qat: QATConfig = QATConfig(),
@@ -88,7 +70,7 @@ def qat_(model: nn.Module, config: QuantConfig | None, data: TensorData, qat: QA
         mask = (start != 0).to(m.weight.dtype)
         wq.quant_method.qat_attach_(m, wq, start, mask)  # what trains (latent weight, centroids) is the method's
     try:
-        history = train(model, data, loss_fn or _ce, qat.train_config(), desc="qat")
+        history = train(model, data, loss_fn or ce_loss, qat.train_config(), desc="qat")
     finally:
         for name, wq in layers.items():
             m = model.get_submodule(name)

@@ -8,14 +8,16 @@
   ``tolerance`` or the packed artifact fits ``budget_bytes``.
 
 Both return a :class:`SearchResult` whose ``rows`` say what was tried and why it was kept.
-Bytes are real: the size of the packed artifact (:func:`compactcl.export.artifact.artifact_nbytes`).
+Bytes are real: ``size_of(model)`` is the size of the file the model ships as — pass
+:func:`compactcl.export.artifact.artifact_nbytes` (the search sits below the file formats, so
+the caller names the one it will write).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -40,21 +42,23 @@ class SearchResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _evaluate(model: nn.Module, cfg: QuantConfig, val: TensorData) -> tuple[float, int, nn.Module]:
-    from ...export.artifact import artifact_nbytes
+SizeOf = Callable[[nn.Module], int]  # model -> bytes of the file it ships as
 
+
+def _evaluate(model: nn.Module, cfg: QuantConfig, val: TensorData, size_of: SizeOf) -> tuple[float, int, nn.Module]:
     q = quantize_(copy.deepcopy(model), cfg)
-    return accuracy(q, val), artifact_nbytes(q), q
+    return accuracy(q, val), size_of(q), q
 
 
 def search_model_bits(model: nn.Module, method: str, val: TensorData, tolerance: float = 0.01,
-                      choices: tuple[int, ...] = DEFAULT_CHOICES, **config_kwargs: Any) -> SearchResult:
+                      choices: tuple[int, ...] = DEFAULT_CHOICES, *, size_of: SizeOf,
+                      **config_kwargs: Any) -> SearchResult:
     """Smallest uniform bit width whose validation accuracy drop is ``<= tolerance`` (a fraction)."""
     base = accuracy(model, val)
     rows, best = [], None
     for bits in sorted(choices, reverse=True):
         cfg = config_for(method, bits, **config_kwargs)
-        acc, nbytes, _ = _evaluate(model, cfg, val)
+        acc, nbytes, _ = _evaluate(model, cfg, val, size_of)
         ok = base - acc <= tolerance
         rows.append({"bits": bits, "val_accuracy": acc, "drop": base - acc, "bytes": nbytes,
                      "decision": "ok" if ok else "too lossy",
@@ -73,8 +77,8 @@ def search_model_bits(model: nn.Module, method: str, val: TensorData, tolerance:
 
 
 def search_layer_bits(model: nn.Module, method: str, val: TensorData, tolerance: float | None = 0.01,
-                      budget_bytes: int | None = None, choices: tuple[int, ...] = DEFAULT_CHOICES,
-                      **config_kwargs: Any) -> SearchResult:
+                      budget_bytes: int | None = None, choices: tuple[int, ...] = DEFAULT_CHOICES, *,
+                      size_of: SizeOf, **config_kwargs: Any) -> SearchResult:
     """Greedy mixed precision from per-layer sensitivity, under a drop ``tolerance`` or a ``budget_bytes``.
 
     With a budget, layers are lowered in sensitivity-per-byte order until the artifact fits
@@ -95,7 +99,7 @@ def search_layer_bits(model: nn.Module, method: str, val: TensorData, tolerance:
     for n in names:
         sens[n] = {}
         for b in choices:
-            acc, _, _ = _evaluate(model, config_for(method, b, include=(n,), **config_kwargs), val)
+            acc, _, _ = _evaluate(model, config_for(method, b, include=(n,), **config_kwargs), val, size_of)
             sens[n][b] = base - acc
             rows.append({"phase": "sensitivity", "layer": n, "bits": b, "val_accuracy": acc, "drop": base - acc,
                          "decision": "", "reason": "only this layer quantized"})
@@ -106,7 +110,7 @@ def search_layer_bits(model: nn.Module, method: str, val: TensorData, tolerance:
     def cfg_of(bits: dict[str, int]) -> QuantConfig:
         return config_for(method, top, layer_bits=dict(bits), **config_kwargs)
 
-    acc, nbytes, _ = _evaluate(model, cfg_of(current), val)
+    acc, nbytes, _ = _evaluate(model, cfg_of(current), val, size_of)
     rows.append({"phase": "greedy", "layer": "*", "bits": top, "val_accuracy": acc, "drop": base - acc,
                  "bytes": nbytes, "decision": "start", "reason": f"all layers at {top} bits"})
     while True:
@@ -124,7 +128,7 @@ def search_layer_bits(model: nn.Module, method: str, val: TensorData, tolerance:
             break
         _, _, n, b = min(cands)
         trial = {**current, n: b}
-        t_acc, t_bytes, _ = _evaluate(model, cfg_of(trial), val)
+        t_acc, t_bytes, _ = _evaluate(model, cfg_of(trial), val, size_of)
         within = tolerance is None or base - t_acc <= tolerance
         if budget_bytes is not None or within:
             current, acc, nbytes = trial, t_acc, t_bytes

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -25,11 +25,8 @@ from torch import nn
 
 from ....errors import CompactCLError
 
-if TYPE_CHECKING:
-    from ..state import WeightQuant
-
 __all__ = ["QuantConfig", "QuantMethod", "QUANT_METHODS", "register_method", "get_method", "list_methods",
-           "BlobWriter", "BlobReader", "LAYER_TYPES"]
+           "BlobWriter", "BlobReader", "LAYER_TYPES", "WeightQuant", "StraightThrough"]
 
 LAYER_TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear}
 
@@ -151,8 +148,6 @@ class QuantMethod(ABC):
         """Make ``module.weight`` trainable on the grid (default: straight-through latent weight from ``start``)."""
         from torch.nn.utils import parametrize
 
-        from ..qat import StraightThrough
-
         with torch.no_grad():
             module.weight.copy_(start)
         parametrize.register_parametrization(module, "weight", StraightThrough(wq, mask))
@@ -200,3 +195,55 @@ def get_method(name: str) -> QuantMethod:
 
 def list_methods() -> list[str]:
     return sorted(QUANT_METHODS)
+
+
+@dataclass
+class WeightQuant:
+    """The grid one layer's weights live on: plain data; the registered method ``method`` gives it meaning.
+
+    ``params`` and ``options`` are the method's own (each method's docstring lists them, e.g.
+    a uniform grid's ``scale``/``zero_point``, a codebook). ``axis`` is 0 for per-output-channel
+    parameters.
+    """
+
+    method: str  # a name in compactcl.compress.quantize.methods.list_methods()
+    bits: int
+    params: dict[str, torch.Tensor]
+    axis: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self, w: torch.Tensor) -> torch.Tensor:
+        """Unsigned codes (int64, shape of ``w``) of weights on this grid (nearest grid point otherwise)."""
+        return self.quant_method.encode(self, w.detach().float().cpu())
+
+    def decode(self, codes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 weights of ``codes``; outside ``mask`` (when given) the weight is 0."""
+        return self.quant_method.dequantize(self, codes, mask)
+
+    def fake(self, w: torch.Tensor) -> torch.Tensor:
+        """Snap ``w`` to the grid (nearest point), keeping zeros zero. Used by QAT's forward pass."""
+        return self.quant_method.fake(self, w)
+
+    def on_grid(self, w: torch.Tensor) -> bool:
+        """True when ``w`` decodes back from its codes exactly (zeros may be carried by a mask)."""
+        return self.quant_method.on_grid(self, w.detach().float().cpu())
+
+    @property
+    def quant_method(self) -> QuantMethod:
+        """The registered :class:`~compactcl.compress.quantize.methods.QuantMethod` that owns this grid."""
+        return get_method(self.method)
+
+
+class StraightThrough(nn.Module):
+    """Parametrization: latent weight -> grid value in the forward pass, identity gradient."""
+
+    def __init__(self, wq: "WeightQuant", mask: torch.Tensor):
+        super().__init__()
+        self.wq = wq
+        self.register_buffer("mask", mask)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            snapped = self.wq.fake(latent.detach())
+        # value is exactly ``snapped`` (latent - latent.detach() is 0.0); gradient is the identity
+        return (snapped + (latent - latent.detach())) * self.mask

@@ -16,8 +16,7 @@ from torch.nn.utils import parametrize
 
 from ....errors import CompactCLError
 from .. import primitives as P
-from ..state import WeightQuant
-from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, register_method
+from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, register_method
 
 __all__ = ["KMeansQuantConfig", "KMeansQuant", "SharedWeights"]
 

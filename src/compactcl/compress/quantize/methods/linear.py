@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from .. import primitives as P
-from ..state import WeightQuant
-from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, register_method
+from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, register_method
 
 __all__ = ["LinearQuantConfig", "LinearQuant"]
 

@@ -10,8 +10,7 @@ import torch
 
 from ....errors import CompactCLError
 from .. import primitives as P
-from ..state import WeightQuant
-from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, register_method
+from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, register_method
 
 __all__ = ["LogQuantConfig", "LogQuant"]
 

@@ -9,20 +9,20 @@ from typing import Any
 
 from torch import nn
 
-from ...data.datasets import TensorData
-from ...engine.loop import accuracy
-from ...metrics.model_stats import count_flops, count_nonzero, count_params
+from ..data.datasets import TensorData
+from ..engine.loop import accuracy
+from ..metrics.model_stats import count_flops, count_nonzero, count_params
 
 __all__ = ["save_model", "model_figures", "onnx_latencies"]
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> int:
     """Save ``model`` as a packed artifact (``.ccl``) or a checkpoint (anything else); return bytes."""
-    from ...models.checkpoint import save_checkpoint
+    from ..models.checkpoint import save_checkpoint
 
     path = Path(path)
     if path.suffix == ".ccl":
-        from ...export.artifact import save_artifact
+        from .artifact import save_artifact
 
         save_artifact(model, path, meta)
         return path.stat().st_size
@@ -42,8 +42,8 @@ def model_figures(model: nn.Module, input_shape: tuple[int, ...], test: TensorDa
 def onnx_latencies(model: nn.Module, input_shape: tuple[int, ...], threads: tuple[int, ...] = (1, 2),
                    batches: tuple[int, ...] = (1, 64), repeats: int = 50) -> dict[str, float]:
     """Median ONNX Runtime milliseconds, keyed ``"t{threads}_b{batch}"``."""
-    from ...export.onnx import export_onnx
-    from ...metrics.latency import onnx_latency_grid
+    from .onnx import export_onnx
+    from ..metrics.latency import onnx_latency_grid
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.onnx"

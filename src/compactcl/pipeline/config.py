@@ -1,0 +1,178 @@
+"""The recipe's compression sections as typed, torch-free configs: ``compress:`` (budget + steps)
+and ``ladder:``. The code that runs them is in :mod:`compactcl.pipeline.compress` (a deployer)
+and :mod:`compactcl.pipeline.ladder`; registries (quantization methods, pruning importances)
+are consulted lazily, inside validators.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["Budget", "DistillStep", "PruneStep", "QuantizeStep", "STEP_TYPES", "CompressConfig", "LadderConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(_Strict):
+    bytes: int | None = Field(None, gt=0)  # packed artifact bytes on disk
+    fraction_of_backbone: float | None = Field(None, gt=0)  # of ONE fp32 backbone + head of the working model
+    latency_ms: float | None = Field(None, gt=0)  # ONNX Runtime, batch latency_batch, latency_threads threads
+    latency_batch: int = Field(1, ge=1)
+    latency_threads: int = Field(1, ge=1)
+
+
+class DistillStep(_Strict):
+    student: str = "same"  # a student name (compactcl.compress.distill.list_students) or a backbone
+    options: dict[str, Any] = Field(default_factory=dict)  # student backbone options, e.g. width
+    epochs: int = Field(30, ge=1)  # task data + memory is small: a short schedule under-trains the student
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(32, ge=1)
+    reuse: bool = True  # start from the previous task's student (head grown) — FOSTER-style continuity
+
+
+class PruneStep(_Strict):
+    method: Literal["structured", "magnitude", "l1", "sensitivity"] = "structured"
+    ratio: float | Literal["auto"] = 0.3
+    round_to: int | None = Field(None, ge=1)
+    # The deploy data are exemplars + a capped share of the new task (a few hundred images on digits):
+    # 2 epochs left a half-pruned student at 0.71 validation accuracy, 10 brought it back to 0.98.
+    finetune_epochs: int = Field(10, ge=0)
+    lr: float = Field(0.01, gt=0)
+    temperature: float = Field(4.0, gt=0)  # the fine-tune's KD from the working model
+    alpha: float = Field(0.5, ge=0, le=1)
+    choices: list[float] = Field(default_factory=lambda: [0.7, 0.5, 0.3, 0.1])  # tried by ratio: auto
+
+    @model_validator(mode="after")
+    def _ratio_range(self) -> "PruneStep":
+        if self.ratio != "auto" and not 0 <= float(self.ratio) < 1:
+            raise ValueError(f"prune ratio must be in [0, 1) or 'auto', got {self.ratio}")
+        return self
+
+
+class QuantizeStep(_Strict):
+    method: str = "linear"  # a registered quantization method: compactcl.compress.quantize.list_methods()
+    bits: int | Literal["auto"] = 8
+    per_channel: bool = True
+    qat_epochs: int = Field(2, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    temperature: float = Field(4.0, gt=0)  # QAT's KD from the working model
+    alpha: float = Field(0.5, ge=0, le=1)
+    choices: list[int] = Field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from ..compress.quantize import list_methods
+
+        if v not in list_methods():
+            raise ValueError(f"quantize method {v!r} unknown; choose one of {', '.join(list_methods())}")
+        return v
+
+    @model_validator(mode="after")
+    def _bits_range(self) -> "QuantizeStep":
+        if self.bits != "auto" and not 1 <= int(self.bits) <= 8:
+            raise ValueError(f"quantize bits must be 1..8 or 'auto', got {self.bits}")
+        return self
+
+
+STEP_TYPES: dict[str, type[_Strict]] = {"distill": DistillStep, "prune": PruneStep, "quantize": QuantizeStep}
+
+
+class CompressConfig(_Strict):
+    budget: Budget = Field(default_factory=Budget)
+    tolerance: float = Field(0.01, ge=0, le=1)
+    # Class balance of the data the deployed model is trained on (distill, prune fine-tune, QAT): the
+    # exemplars of every class seen, plus at most `balance` x (exemplars per class) images of each new
+    # class. Without it the new task's data swamps the old classes and the student forgets them.
+    # null: the task's data + the memory, unbalanced.
+    balance: float | None = Field(2.0, gt=0)
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _parse_steps(self) -> "CompressConfig":
+        parsed = []
+        for i, item in enumerate(self.steps):
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ValueError(f"steps[{i}] must be a one-key mapping like {{prune: {{...}}}}; "
+                                 f"allowed steps: {', '.join(STEP_TYPES)}")
+            (kind, opts), = item.items()
+            if kind not in STEP_TYPES:
+                raise ValueError(f"steps[{i}]: unknown step {kind!r}; allowed steps: {', '.join(STEP_TYPES)}")
+            cfg = opts if isinstance(opts, BaseModel) else STEP_TYPES[kind].model_validate(opts or {})
+            parsed.append({kind: cfg})
+        kinds = [next(iter(s)) for s in parsed]
+        if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
+            raise ValueError("quantize must be the last step (fine-tuning after it is its qat_epochs)")
+        object.__setattr__(self, "steps", parsed)
+        return self
+
+    def step_list(self) -> list[tuple[str, Any]]:
+        return [next(iter(s.items())) for s in self.steps]
+
+
+class LadderConfig(BaseModel):
+    """The ``ladder:`` section of a recipe. Epochs count passes over the (possibly limited)
+    training split; ``per_dataset`` overrides any of these keys for one dataset, e.g.
+    ``per_dataset: {fashion-mnist: {teacher_epochs: 8, train_limit: 20000}}``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    train_limit: int | None = Field(None, ge=10)  # train on a seeded subset of this many images (CPU budget)
+    batch_size: int = Field(64, ge=1)
+    # (1) teacher
+    teacher_epochs: int = Field(30, ge=1)
+    lr: float = Field(0.05, gt=0)
+    # (3) structured pruning of the int8 teacher + fine-tune (KD from the fp32 teacher)
+    prune_ratio: float = Field(0.3, ge=0, lt=1)
+    round_to: int | None = Field(None, ge=1)  # keep channel counts multiples of this (speed, see anchors)
+    importance: str = "l2"
+    finetune_epochs: int = Field(5, ge=0)
+    finetune_lr: float = Field(0.01, gt=0)
+    # (4) distilled student
+    student: str = "narrow-cnn"  # compactcl.compress.distill.list_students()
+    student_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {width: 8}
+    distill_epochs: int = Field(30, ge=1)
+    temperature: float = Field(1.0, gt=0)  # T=1, alpha=0.5 won on validation in notes/distill.md
+    alpha: float = Field(0.5, ge=0, le=1)
+    # (5) the student pruned + quantized
+    final_prune_ratio: float = Field(0.3, ge=0, lt=1)
+    final_quant: str = "kmeans"  # a registered quantization method: compactcl.compress.quantize.list_methods()
+    final_bits: int = Field(4, ge=1, le=8)
+    qat_epochs: int = Field(3, ge=0)
+    qat_lr: float = Field(1e-3, gt=0)
+    final_onnx: Literal["int8", "fp32"] = "int8"  # the runtime graph of the last rung (4-bit is storage only)
+    # measurement
+    latency_repeats: int = Field(50, ge=1)
+    calib_samples: int = Field(512, ge=1)  # training images that calibrate the int8 ONNX activations
+    per_dataset: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "LadderConfig":
+        from ..compress.prune.importance import IMPORTANCES
+        from ..compress.quantize import get_method, list_methods
+
+        if self.importance not in IMPORTANCES:
+            raise ValueError(f"importance {self.importance!r} unknown; choose one of {', '.join(sorted(IMPORTANCES))}")
+        if self.final_quant not in list_methods():
+            raise ValueError(f"final_quant {self.final_quant!r} unknown; choose one of {', '.join(list_methods())}")
+        min_bits = get_method(self.final_quant).min_bits
+        if self.final_bits < min_bits:
+            raise ValueError(f"final_bits must be >= {min_bits} for {self.final_quant} quantization, "
+                             f"got {self.final_bits}")
+        fields = set(type(self).model_fields) - {"per_dataset"}
+        for ds, over in self.per_dataset.items():
+            unknown = sorted(set(over) - fields)
+            if unknown:
+                raise ValueError(f"per_dataset.{ds}: unknown key(s) {unknown}; allowed: {', '.join(sorted(fields))}")
+        return self
+
+    def for_dataset(self, name: str) -> "LadderConfig":
+        """This config with ``per_dataset[name]`` applied (validated again)."""
+        over = self.per_dataset.get(name, {})
+        return type(self).model_validate({**self.model_dump(exclude={"per_dataset"}), **over})
