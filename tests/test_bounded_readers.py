@@ -90,3 +90,45 @@ def crafted_der() -> torch.nn.Module:
     net.grow(2)
     net.grow(2)
     return net
+
+
+# --- packed artifacts (.ccl) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("build", [crafted.artifact_huge_layer, crafted.artifact_huge_sparse_layer],
+                         ids=["dense-1e5x1e5", "sparse-1e5x1e5-unbacked"])
+def test_crafted_layer_shapes_are_refused_before_decoding(tmp_path: Path, build) -> None:
+    path = build(tmp_path)
+    _refused_fast(lambda: compactcl.load(path), r"claims shape \[100000, 100000\].*more than the file's data")
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"bits": 0}, "bits=0"),
+    ({"bits": 9}, "bits=9"),
+    ({"enc": "zip"}, "unknown weight encoding"),
+    ({"axis": 7}, "axis=7"),
+    ({"shape": [-1, 4]}, "no valid shape"),
+    ({"shape": "big"}, "no valid shape"),
+    ({"sparse": 2, "ib": 8, "ne": 10 ** 12}, "ne="),
+    ({"sparse": 3}, "unknown sparse encoding"),
+])
+def test_bad_layer_entries_are_named(tmp_path: Path, edit: dict, match: str) -> None:
+    path = crafted.real_artifact(tmp_path)
+    header = compactcl.models.checkpoint.read_header(path)
+    entry = next(e for es in header["layers"].values() for e in es.values() if "enc" in e)
+    entry.update(edit)
+    crafted.resign(path, header)
+    _refused_fast(lambda: compactcl.load(path), match)
+
+
+def test_a_sparse_artifact_with_all_zero_tensors_still_loads(tmp_path: Path) -> None:
+    from compactcl.compress.quantize import LinearQuantConfig, quantize_
+    from compactcl.export.artifact import save_artifact
+    from compactcl.models import IncrementalNet
+
+    net = IncrementalNet("mlp", 1, 8, num_classes=4, backbone_kwargs={"hidden": [64]}).eval()
+    with torch.no_grad():
+        net.backbone.body[1].weight[:, 1:].zero_()  # 98% zeros: stored as relative indices
+        net.backbone.body[1].bias.zero_()  # all zeros: nothing stored at all
+    save_artifact(quantize_(net, LinearQuantConfig(bits=4)), tmp_path / "z.ccl")
+    back = compactcl.load(tmp_path / "z.ccl")
+    assert torch.count_nonzero(back.backbone.body[1].bias) == 0
