@@ -163,3 +163,68 @@ def checkpoint_padded_many_classes(folder: Path) -> Path:
     tensors = st_load(path.read_bytes())
     tensors["pad"] = torch.zeros(135_000)
     return resign(path, header, tensors)
+
+
+# --- image folders ---------------------------------------------------------------------------
+
+def image_folder(root: Path, per_class: int = 3, classes: tuple[str, ...] = ("a", "b"), size: int = 6) -> Path:
+    """A valid folder dataset: one sub-folder of small PNGs per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height grey pixels, with a tiny compressed body (a decompression bomb)."""
+    import zlib
+
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return PNG_SIGNATURE + ihdr + _chunk(b"IDAT", zlib.compress(bytes(1000))) + _chunk(b"IEND", b"")
+
+
+def png_syntax_error() -> bytes:
+    """A PNG whose second IDAT chunk has a broken chunk type: Pillow raises SyntaxError while decoding."""
+    import zlib
+
+    z = zlib.compress(b"".join(b"\0" + bytes(range(24)) for _ in range(8)))  # 8 rows of 8 RGB pixels
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+    broken = struct.pack(">I", len(z) - 10) + b"\xff\xff\xff\xff" + z[10:] + bytes(4)
+    return PNG_SIGNATURE + ihdr + _chunk(b"IDAT", z[:10]) + broken + _chunk(b"IEND", b"")
+
+
+def bmp_value_error() -> bytes:
+    """A palette BMP claiming 306 palette colours: Pillow raises ValueError ("invalid palette size")."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).convert("P").save(buf, "BMP")
+    raw = bytearray(buf.getvalue())
+    raw[46:50] = struct.pack("<I", 306)
+    return bytes(raw)
+
+
+def png16(values: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG (Pillow mode I;16) of ``values``."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(values.astype(np.uint16)).save(buf, "PNG")
+    return buf.getvalue()

@@ -132,3 +132,165 @@ def test_a_sparse_artifact_with_all_zero_tensors_still_loads(tmp_path: Path) -> 
     save_artifact(quantize_(net, LinearQuantConfig(bits=4)), tmp_path / "z.ccl")
     back = compactcl.load(tmp_path / "z.ccl")
     assert torch.count_nonzero(back.backbone.body[1].bias) == 0
+
+
+# --- IDX files -------------------------------------------------------------------------------
+
+def test_a_gzip_idx_that_inflates_past_its_header_is_refused_after_the_header_size(tmp_path: Path) -> None:
+    path = crafted.idx_gzip_bomb(tmp_path, body_mib=64)  # the attack used 2 GiB; the bound is the same
+    _refused_fast(lambda: compactcl.data.read_idx(path), "longer than the 2352 bytes its header promises")
+
+
+def test_an_idx_header_claiming_terabytes_is_refused_before_reading(tmp_path: Path) -> None:
+    path = crafted.idx_huge_claim(tmp_path)
+    _refused_fast(lambda: compactcl.data.read_idx(path), r"claims shape \(2147483648, 28, 28\)")
+
+
+def test_idx_dims_that_overflow_int64_are_not_wrapped(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = tmp_path / "x-idx3-ubyte"  # 2**32-1 cubed overflows np.prod to a small number
+    path.write_bytes(crafted.idx_bytes(np.zeros(0, np.uint8), shape=(2 ** 32 - 1,) * 3))
+    _refused_fast(lambda: compactcl.data.read_idx(path), "over the limit")
+
+
+def test_a_huge_idx_label_is_refused_without_allocating_per_class(tmp_path: Path) -> None:
+    root = crafted.idx_huge_label(tmp_path / "m")
+    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "found label 2000000000")
+
+
+def _relabel(root: Path, split: str, labels) -> None:
+    import numpy as np
+
+    stem = "train" if split == "train" else "t10k"
+    (root / f"{stem}-labels-idx1-ubyte").write_bytes(crafted.idx_bytes(np.asarray(labels, np.uint8)))
+
+
+@pytest.mark.parametrize("split, labels, match", [
+    ("train", [0, 1, 3] * 13 + [3], "class 2 has no training images"),  # 2 missing everywhere
+    ("test", [0, 1, 2] * 6 + [0, 1], "class 3 has no test images"),  # 3 only in train
+    ("train", [0, 1, 2] * 13 + [2], "class 3 has no training images"),  # 3 only in test
+])
+def test_idx_class_gaps_are_refused_naming_the_class(tmp_path: Path, split: str, labels, match: str) -> None:
+    root = crafted.write_mnist(tmp_path / "m")
+    _relabel(root, split, labels)
+    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), match)
+
+
+def test_idx_float_labels_and_swapped_files_are_named(tmp_path: Path) -> None:
+    import numpy as np
+
+    root = crafted.write_mnist(tmp_path / "m")
+    (root / "train-labels-idx1-ubyte").write_bytes(crafted.idx_bytes((np.arange(40) % 4 + 0.5).astype(">f4"),
+                                                                     code=0x0D))
+    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "labels must be integers")
+    crafted.write_mnist(root)
+    (root / "train-labels-idx1-ubyte").write_bytes((root / "train-images-idx3-ubyte").read_bytes())
+    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "has 3 dimensions")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixels_are_named_at_load_not_blamed_on_the_learning_rate(tmp_path: Path, bad: float) -> None:
+    import numpy as np
+
+    root = crafted.write_mnist(tmp_path / "m")
+    x = np.random.default_rng(0).random((20, 6, 6)) * 255
+    x[7, 2, 3] = bad
+    (root / "t10k-images-idx3-ubyte").write_bytes(crafted.idx_bytes(x.astype(">f4"), code=0x0D))
+    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "test image 7 holds NaN or infinite")
+    xs = np.zeros((8, 1, 4, 4), np.float32)
+    xs[3, 0, 0, 0] = bad
+    with pytest.raises(CompactCLError, match="training image 3 holds NaN or infinite.*not a learning-rate"):
+        compactcl.data.from_arrays(xs, np.arange(8) % 2, np.zeros_like(xs[:4]), np.arange(4) % 2)
+
+
+def test_genuine_idx_still_loads(tmp_path: Path) -> None:
+    for gz in (False, True):
+        root = crafted.write_mnist(tmp_path / f"m{gz}", gz=gz)
+        ds = compactcl.data.load_dataset("mnist", str(root))
+        assert ds.num_classes == 4 and ds.train.x.shape == (40, 1, 6, 6)
+
+
+# --- image folders ---------------------------------------------------------------------------
+
+def _load_folder(root: Path, **options):
+    return compactcl.data.load_dataset("folder", str(root), image_size=6, **options)
+
+
+def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path: Path) -> None:
+    import os
+
+    root = crafted.image_folder(tmp_path / "f")
+    os.mkfifo(root / "a" / "x.png")  # reading it would block forever
+    _refused_fast(lambda: _load_folder(root), r"x.png is a FIFO, not an image file")
+
+
+def test_a_socket_named_like_an_image_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    root = crafted.image_folder(tmp_path / "f")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(root / "b" / "s.png"))
+        _refused_fast(lambda: _load_folder(root), "s.png is a socket")
+    finally:
+        sock.close()
+
+
+def test_symlink_loops_and_dangling_links_are_refused_by_name(tmp_path: Path) -> None:
+    root = crafted.image_folder(tmp_path / "f")
+    (root / "a" / "loop.png").symlink_to(root / "a" / "loop.png")
+    _refused_fast(lambda: _load_folder(root), "loop.png: cannot open it")
+    (root / "a" / "loop.png").unlink()
+    (root / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    _refused_fast(lambda: _load_folder(root), "gone.png: cannot open it")
+    (root / "a" / "gone.png").unlink()
+    (root / "a" / "ok.png").symlink_to(root / "b" / "0.png")  # a link to a real image is fine
+    assert _load_folder(root).num_classes == 2
+
+
+@pytest.mark.parametrize("name, build, match", [
+    ("bad.png", crafted.png_syntax_error, r"not a readable image \(SyntaxError"),
+    ("bad.bmp", crafted.bmp_value_error, r"not a readable image \(ValueError"),
+    ("empty.png", lambda: b"", "not a readable image"),
+    ("bomb.png", lambda: crafted.png_bomb(10_000, 10_000), "too large to decode"),  # Pillow warns; we refuse
+    ("huge.png", lambda: crafted.png_bomb(100_000, 100_000), "too large to decode"),  # Pillow's own error
+])
+def test_corrupt_and_bomb_images_give_a_named_error(tmp_path: Path, name: str, build, match: str) -> None:
+    root = crafted.image_folder(tmp_path / "f")
+    (root / "b" / name).write_bytes(build())
+    _refused_fast(lambda: _load_folder(root), match)
+
+
+def test_the_pixel_limit_holds_even_with_pillows_check_disabled(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    from compactcl.data.datasets import MAX_IMAGE_PIXELS
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    root = crafted.image_folder(tmp_path / "f")
+    (root / "b" / "bomb.png").write_bytes(crafted.png_bomb(MAX_IMAGE_PIXELS // 1000 + 1, 1000))
+    _refused_fast(lambda: _load_folder(root), "too large to decode")
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    import numpy as np
+
+    from compactcl.data.datasets import _decode
+
+    values = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000  # 0..63000
+    (tmp_path / "g.png").write_bytes(crafted.png16(values))
+    grey = _decode(tmp_path / "g.png", 8, 1)[0]  # same size: no resampling
+    assert np.abs(grey.astype(int) - np.round(values.astype(float) * 255 / 65535)).max() <= 1
+    assert len(np.unique(grey)) > 50  # not all 255 (convert("L") clips 16-bit values)
+    rgb = _decode(tmp_path / "g.png", 8, 3)
+    assert np.array_equal(rgb[0], grey) and np.array_equal(rgb[2], grey)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True, "32", 10 ** 6])
+def test_bad_image_size_is_named(tmp_path: Path, size) -> None:
+    root = crafted.image_folder(tmp_path / "f")
+    with pytest.raises(CompactCLError, match="data.options.image_size"):
+        compactcl.data.load_dataset("folder", str(root), image_size=size)
+    with pytest.raises(CompactCLError, match="data.options.image_size"):
+        compactcl.data.datasets.lazy_folder(str(root), image_size=size)
