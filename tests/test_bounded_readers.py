@@ -294,3 +294,45 @@ def test_bad_image_size_is_named(tmp_path: Path, size) -> None:
         compactcl.data.load_dataset("folder", str(root), image_size=size)
     with pytest.raises(CompactCLError, match="data.options.image_size"):
         compactcl.data.datasets.lazy_folder(str(root), image_size=size)
+
+
+# --- peak memory, measured in a fresh process ------------------------------------------------
+
+_RSS_CHILD = r"""
+import json, resource, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import compactcl, crafted
+folder = Path(tempfile.mkdtemp())
+cases = [(crafted.checkpoint_many_branches(folder), compactcl.load),
+         (crafted.checkpoint_padded_many_classes(folder), compactcl.load),
+         (crafted.artifact_huge_sparse_layer(folder), compactcl.load),
+         (crafted.idx_gzip_bomb(folder, 256), compactcl.data.read_idx),
+         (crafted.idx_huge_label(folder / "m"), lambda p: compactcl.data.load_dataset("mnist", str(p)))]
+times = []
+for path, load in cases:
+    start = time.perf_counter()
+    try:
+        load(path)
+    except compactcl.CompactCLError:
+        times.append(time.perf_counter() - start)
+print(json.dumps({"times": times, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_crafted_files_are_refused_under_500_mb_peak_rss() -> None:
+    """ru_maxrss of one process that loads five crafted files (torch's import alone is ~280 MB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(compactcl.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(Path(__file__).parent)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(result["times"]) == 5, result  # every file refused with CompactCLError
+    assert max(result["times"]) < FAST_S, result
+    assert result["peak_mb"] < 500, result
