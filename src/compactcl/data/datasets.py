@@ -240,8 +240,9 @@ def read_idx(path: str | os.PathLike, max_values: int = _MAX_IDX_VALUES) -> np.n
     except (OSError, EOFError, zlib.error) as e:
         raise CompactCLError(f"{path}: cannot read ({e}); the file is truncated or not gzip. Reinstall it.") from e
     if len(body) != expected:
-        size = f"has {len(body)} bytes" if len(body) < expected else "is longer than the"
-        raise CompactCLError(f"{path}: IDX body {size} {expected} bytes its header promises; "
+        size = f"has {len(body)} bytes, its header promises {expected}" if len(body) < expected else \
+            f"is longer than the {expected} bytes its header promises"
+        raise CompactCLError(f"{path}: IDX body {size}; "
                              "the file is truncated or corrupted. Reinstall or re-download it.")
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
@@ -385,13 +386,17 @@ def _decode(path: Path, size: int, channels: int) -> np.ndarray:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(fh) as im:
-                    if im.width * im.height > MAX_IMAGE_PIXELS:
-                        raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
+                    if im.width * im.height > MAX_IMAGE_PIXELS:  # checked on the header, before decoding
+                        raise CompactCLError(f"{path}: image too large to decode ({im.width}x{im.height} pixels, over "
+                                             f"the limit of {MAX_IMAGE_PIXELS:,}), possibly a decompression bomb; "
+                                             "shrink or remove it")
                     im = _to_8bit(im).convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
                     arr = np.asarray(im, dtype=np.uint8)
+        except CompactCLError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise CompactCLError(f"{path}: image too large to decode ({e}; the limit is {MAX_IMAGE_PIXELS:,} "
-                                 "pixels), possibly a decompression bomb; shrink or remove it") from e
+            raise CompactCLError(f"{path}: image too large to decode, Pillow refuses it as a possible decompression "
+                                 f"bomb ({e}); shrink or remove it") from e
         except Exception as e:  # noqa: BLE001 - Pillow's plugins raise OSError, SyntaxError, ValueError, ...
             raise CompactCLError(f"{path}: not a readable image ({type(e).__name__}: {e}); delete or replace it") from e
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
