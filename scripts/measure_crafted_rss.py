@@ -2,7 +2,7 @@
 
 Usage: PYTHONPATH=src python scripts/measure_crafted_rss.py [--gzip-mib 2048]
 Prints one line per file: what it is, its size, the outcome (must be CompactCLError), seconds, peak RSS
-(ru_maxrss, which includes ~280 MB for importing torch) and the RSS the load itself added.
+(VmHWM, else ru_maxrss; it includes ~280 MB for importing torch) and the RSS the load itself added.
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ name, how, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 path = crafted.idx_gzip_bomb(folder, int(sys.argv[5])) if name == "idx_gzip_bomb" else getattr(crafted, name)(
     folder / "m" if name == "idx_huge_label" else folder)
 size = sum(p.stat().st_size for p in ([path] if path.is_file() else path.iterdir()))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # VmHWM is this process's own peak; ru_maxrss may carry over a parent's peak through fork + exec
+    try:
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 start = time.perf_counter()
 try:
     if how == "load":
@@ -51,7 +56,7 @@ try:
 except compactcl.CompactCLError as e:
     outcome = "CompactCLError: " + str(e).split(": ", 1)[-1][:90]
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm()
 print(json.dumps({"name": name, "bytes": size, "outcome": outcome, "seconds": seconds,
                   "peak_mb": peak / 1024, "added_mb": (peak - before) / 1024}))
 """
