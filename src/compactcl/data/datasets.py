@@ -7,16 +7,23 @@ standardised with the training split's mean and std (recorded in ``normalization
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import stat
 import struct
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 
 from ..errors import CompactCLError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["TensorData", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
            "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch"]
@@ -96,16 +103,68 @@ def _standardize(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np
                              f"got {train_x.shape} and {test_x.shape}")
     if train_x.shape[2] != train_x.shape[3]:
         raise CompactCLError(f"{name}: images must be square, got {train_x.shape[2]}x{train_x.shape[3]}; resize them")
-    mean, std = float(train_x.mean()), float(train_x.std()) or 1.0
+    if not len(train_x) or not len(test_x):
+        raise CompactCLError(f"{name}: {len(train_x)} training and {len(test_x)} test images; both splits need images")
+    num_classes = _check_labels(name, train_y, test_y)
+    mean = float(train_x.mean())
+    _check_finite(name, "training", train_x, mean)
+    _check_finite(name, "test", test_x, float(test_x.sum()))
+    std = float(train_x.std()) or 1.0
     to_t = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))  # noqa: E731
-    labels = np.concatenate([train_y, test_y])
-    if labels.min() < 0:
-        raise CompactCLError(f"{name}: labels must be 0..K-1, found {labels.min()}")
-    num_classes = int(labels.max()) + 1
     return DatasetSplits(name, TensorData(to_t(train_x), torch.from_numpy(train_y.astype(np.int64))),
                          TensorData(to_t(test_x), torch.from_numpy(test_y.astype(np.int64))), num_classes,
                          class_names or [str(i) for i in range(num_classes)],
                          {"scale": "pixel/255" if name != "digits" else "pixel/16", "mean": mean, "std": std})
+
+
+def _check_labels(name: str, train_y: np.ndarray, test_y: np.ndarray) -> int:
+    """The number of classes K; refuse labels that are not 0..K-1 with every class in both splits.
+
+    Checked before anything is sized by K: a label of 2e9 would otherwise allocate per-class
+    tables of 2e9 entries. A class missing from a split would train or test nothing silently.
+    """
+    for split, y in (("training", train_y), ("test", test_y)):
+        if y.ndim != 1:
+            raise CompactCLError(f"{name}: {split} labels must be one integer per image, got shape {y.shape}")
+        integral = np.issubdtype(y.dtype, np.integer) or (
+            np.issubdtype(y.dtype, np.floating) and bool(np.isfinite(y).all()) and bool((y == np.floor(y)).all()))
+        if not integral:
+            raise CompactCLError(f"{name}: {split} labels must be integers 0..K-1, got {y.dtype} values")
+        if len(y) and y.min() < 0:
+            raise CompactCLError(f"{name}: labels must be 0..K-1, found {int(y.min())} in the {split} labels")
+    top = max(int(train_y.max()), int(test_y.max()))
+    if top >= min(len(train_y), len(test_y)):  # K classes need K images in each split at least
+        raise CompactCLError(f"{name}: found label {top}, but with {len(train_y)} training and {len(test_y)} test "
+                             f"images at most {min(len(train_y), len(test_y))} classes can have images in both "
+                             "splits; labels must be 0..K-1 with every class present. The label file is corrupted "
+                             "or not from this dataset.")
+    num_classes = top + 1
+    for split, y in (("training", train_y), ("test", test_y)):
+        counts = np.bincount(y.astype(np.int64), minlength=num_classes)
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            listed = ", ".join(map(str, empty[:10].tolist())) + (", ..." if len(empty) > 10 else "")
+            raise CompactCLError(f"{name}: class {listed} has no {split} images (labels run 0..{top}); every class "
+                                 "0..K-1 needs images in both training and test. Relabel the classes without gaps "
+                                 "or add the missing images.")
+    return num_classes
+
+
+def _check_finite(name: str, split: str, x: np.ndarray, total: float) -> None:
+    """Refuse NaN/inf pixels at load (``total`` is any sum over ``x``: non-finite iff a pixel is)."""
+    if math.isfinite(total):
+        return
+    for start in range(0, len(x), _CHUNK):  # name the first bad image, one chunk of flags at a time
+        part = x[start: start + _CHUNK].reshape(len(x[start: start + _CHUNK]), -1)
+        rows = np.flatnonzero(~np.isfinite(part).all(axis=1))
+        if len(rows):
+            first = start + int(rows[0])
+            break
+    else:  # every pixel is finite but their sum overflowed: values far outside [0, 1]
+        raise CompactCLError(f"{name}: {split} pixel values are so large that their sum overflows; images must "
+                             "hold values in [0, 1] (IDX: 0..255)")
+    raise CompactCLError(f"{name}: {split} image {first} holds NaN or infinite pixel values; the data is "
+                         "corrupted (this is not a learning-rate problem). Fix or drop those images.")
 
 
 def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, name: str = "arrays",
@@ -143,26 +202,47 @@ def digits(root: str | None = None, test_fraction: float = 0.2) -> DatasetSplits
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (raw or gzip-compressed) into an array of its stored shape."""
+# The largest IDX file read: as many values as fit max_in_memory_mb of float32 (a folder's default
+# bound), 512M values, ten times Fashion-MNIST's whole training set.
+DEFAULT_MAX_IN_MEMORY_MB = 2048.0
+_MAX_IDX_VALUES = int(DEFAULT_MAX_IN_MEMORY_MB * 2 ** 20) // 4
+
+
+def read_idx(path: str | os.PathLike, max_values: int = _MAX_IDX_VALUES) -> np.ndarray:
+    """Read one IDX file (raw or gzip-compressed) into an array of its stored shape.
+
+    The header's shape is checked against ``max_values`` before the body is read, and at
+    most the header's size + 1 byte is ever decompressed: a small gzip that inflates to
+    gigabytes, or a header promising terabytes, is refused without holding more than the
+    header honestly describes.
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as e:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise CompactCLError(f"{path}: not an IDX file (bad magic number); expected MNIST-format data")
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise CompactCLError(f"{path}: IDX header truncated ({ndim} dimensions)")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            count = math.prod(shape)  # exact (np.prod of 2**32-sized dims would overflow)
+            if count > max_values:
+                raise CompactCLError(
+                    f"{path}: its IDX header claims shape {shape} ({count:,} values), over the limit of "
+                    f"{max_values:,} values ({max_values * 4 / 2 ** 30:.0f} GiB as float32); the file is corrupted "
+                    "or crafted. Split the dataset, or raise data.options.max_in_memory_mb if it is genuine.")
+            expected = count * dtype.itemsize
+            body = f.read(expected + 1)  # one byte more tells a too-long body without reading all of it
+    except (OSError, EOFError, zlib.error) as e:
         raise CompactCLError(f"{path}: cannot read ({e}); the file is truncated or not gzip. Reinstall it.") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise CompactCLError(f"{path}: not an IDX file (bad magic number); expected MNIST-format data")
-    ndim = data[3]
-    if len(data) < 4 + 4 * ndim:
-        raise CompactCLError(f"{path}: IDX header truncated")
-    shape = struct.unpack(f">{ndim}I", data[4: 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    body = data[4 + 4 * ndim:]
     if len(body) != expected:
-        raise CompactCLError(f"{path}: IDX body has {len(body)} bytes, its header promises {expected}; "
+        size = f"has {len(body)} bytes, its header promises {expected}" if len(body) < expected else \
+            f"is longer than the {expected} bytes its header promises"
+        raise CompactCLError(f"{path}: IDX body {size}; "
                              "the file is truncated or corrupted. Reinstall or re-download it.")
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
@@ -179,20 +259,27 @@ def _find_idx(root: Path, stem: str, hint: str) -> Path:
 
 
 @register_dataset("idx")
-def idx(root: str | None = None, hint: str = "", name: str = "idx") -> DatasetSplits:
-    """The four MNIST-format IDX files (gzip or raw) in folder ``root``."""
+def idx(root: str | None = None, hint: str = "", name: str = "idx",
+        max_in_memory_mb: float = DEFAULT_MAX_IN_MEMORY_MB) -> DatasetSplits:
+    """The four MNIST-format IDX files (gzip or raw) in folder ``root``; each at most ``max_in_memory_mb`` as float32."""
     if not root:
         raise CompactCLError("dataset 'idx' needs data.root: a folder holding train-images-idx3-ubyte[.gz], "
                              "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]")
     base = Path(root).expanduser()
     hint = hint or "Put the four MNIST-format files there (names as in the MNIST distribution)."
-    arrays = {k: read_idx(_find_idx(base, stem, hint)) for k, stem in _IDX_FILES.items()}
+    limit = int(max_in_memory_mb * 2 ** 20) // 4
+    arrays = {k: read_idx(_find_idx(base, stem, hint), limit) for k, stem in _IDX_FILES.items()}
+    for key, arr in arrays.items():
+        want = 3 if key.endswith("_x") else 1  # images (N, H, W), labels (N,)
+        if arr.ndim != want:
+            raise CompactCLError(f"{base}: {_IDX_FILES[key]} has {arr.ndim} dimensions {arr.shape}, expected {want}; "
+                                 "images and labels may be swapped or the file is not MNIST-format")
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise CompactCLError(f"{base}: {split} images and labels differ in count; a file is truncated")
     to_x = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731 - (N, 28, 28) -> (N, 1, 28, 28)
-    return _standardize(name, to_x(arrays["train_x"]), arrays["train_y"].astype(np.int64),
-                        to_x(arrays["test_x"]), arrays["test_y"].astype(np.int64))
+    return _standardize(name, to_x(arrays["train_x"]), arrays["train_y"],  # labels checked as stored
+                        to_x(arrays["test_x"]), arrays["test_y"])
 
 
 @register_dataset("fashion-mnist")
@@ -221,20 +308,50 @@ def mnist(root: str | None = None) -> DatasetSplits:
 # decoded photo. Above the limit, :func:`lazy_folder` keeps only file paths and decodes on
 # access (memory = the batch you index), for your own DataLoader.
 
-DEFAULT_MAX_IN_MEMORY_MB = 2048.0
 _CHUNK = 1024  # images standardised at a time: bounds the float temporaries
 
 
+# Decoded images are bounded in pixels (64M, 192 MB as RGB) whatever Pillow's global MAX_IMAGE_PIXELS
+# says, and Pillow's DecompressionBombWarning is an error here: a small file must not decode to gigabytes.
+MAX_IMAGE_PIXELS = 2 ** 26
+MAX_IMAGE_SIZE = 4096  # data.options.image_size: the side images are resized to
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise CompactCLError(f"cannot list {folder} ({e}); check the path and its permissions") from e
+
+
 def _class_dirs(base: Path) -> list[Path]:
-    return sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in _listdir(base) if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse anything named like an image that is not a regular file (FIFO, socket, device, folder, bad link).
+
+    Refused rather than skipped: reading a FIFO blocks forever, and skipping would quietly train
+    on other data than the folder lists, so the user is told which path to remove.
+    """
+    try:
+        mode = path.stat().st_mode  # follows symlinks: a link to a real image is fine
+    except OSError as e:  # dangling link, symlink loop (ELOOP), permissions
+        raise CompactCLError(f"{path}: cannot open it ({e.strerror or e}); remove it or fix the link") from e
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                "a folder" if stat.S_ISDIR(mode) else "a device or special file")
+        raise CompactCLError(f"{path} is {kind}, not an image file; remove it from the dataset folder")
 
 
 def _list_folder(base: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     """Image files and labels of ``base/<class>/*`` in class order; every class must have images."""
     files, labels = [], []
     for label, cls in enumerate(classes):
-        found = sorted(p for p in (base / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+        found = sorted(p for p in _listdir(base / cls) if p.suffix.lower() in IMAGE_SUFFIXES) \
             if (base / cls).is_dir() else []
+        for p in found:
+            _check_regular(p)
         if not found:
             raise CompactCLError(f"class folder {base / cls} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                                  "add images or remove the empty folder")
@@ -243,16 +360,45 @@ def _list_folder(base: Path, classes: list[str]) -> tuple[list[Path], np.ndarray
     return files, np.asarray(labels, dtype=np.int64)
 
 
+def _to_8bit(im: "Image.Image") -> "Image.Image":
+    """16/32-bit greyscale (PNG mode I;16 or I) -> 8-bit "L" scaled by 255/65535; convert("L") would clip to 255."""
+    from PIL import Image
+
+    if im.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return im
+    wide = np.asarray(im).astype(np.int64).clip(0, 65535)  # (H, W), 16-bit range
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def _decode(path: Path, size: int, channels: int) -> np.ndarray:
     """One image file -> uint8 (C, size, size), bilinear resize."""
     from PIL import Image
 
+    # O_NONBLOCK: a FIFO swapped in after listing cannot block the open; fstat then refuses it
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except OSError as e:
-        raise CompactCLError(f"{path}: not a readable image ({e}); delete or replace it") from e
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:  # removed, a dangling link or a symlink loop since it was listed
+        raise CompactCLError(f"{path}: cannot open it ({e.strerror or e}); remove it or fix the link") from e
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CompactCLError(f"{path} is not a regular file; remove it from the dataset folder")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(fh) as im:
+                    if im.width * im.height > MAX_IMAGE_PIXELS:  # checked on the header, before decoding
+                        raise CompactCLError(f"{path}: image too large to decode ({im.width}x{im.height} pixels, over "
+                                             f"the limit of {MAX_IMAGE_PIXELS:,}), possibly a decompression bomb; "
+                                             "shrink or remove it")
+                    im = _to_8bit(im).convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+                    arr = np.asarray(im, dtype=np.uint8)
+        except CompactCLError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise CompactCLError(f"{path}: image too large to decode, Pillow refuses it as a possible decompression "
+                                 f"bomb ({e}); shrink or remove it") from e
+        except Exception as e:  # noqa: BLE001 - Pillow's plugins raise OSError, SyntaxError, ValueError, ...
+            raise CompactCLError(f"{path}: not a readable image ({type(e).__name__}: {e}); delete or replace it") from e
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
@@ -313,6 +459,14 @@ def _folder_files(root: str | None, test_fraction: float) -> tuple[Path, list[st
     return base, classes, [files[i] for i in tr], y[tr], [files[i] for i in te], y[te]
 
 
+def _check_image_options(image_size: Any, channels: Any) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise CompactCLError(f"data.options.image_size must be a whole number of pixels in 1..{MAX_IMAGE_SIZE}, "
+                             f"got {image_size!r}")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise CompactCLError(f"data.options.channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+
+
 def _folder_normalization(image_size: int, channels: int, mean: float, std: float) -> dict[str, Any]:
     return {"scale": "pixel/255", "mean": mean, "std": std, "resize": [image_size, image_size],
             "channels": channels, "interpolation": "bilinear"}
@@ -327,8 +481,7 @@ def folder(root: str | None = None, image_size: int = 32, channels: int = 3, tes
     and std (recorded in ``normalization``) and held in memory as float32. If that would take
     more than ``max_in_memory_mb``, it refuses before decoding anything, with the fixes.
     """
-    if channels not in (1, 3):
-        raise CompactCLError(f"data.options.channels must be 1 (grey) or 3 (RGB), got {channels}")
+    _check_image_options(image_size, channels)
     base, classes, tr_files, tr_y, te_files, te_y = _folder_files(root, test_fraction)
     n = len(tr_files) + len(te_files)
     need_mb = n * channels * image_size * image_size * 4 / 2 ** 20
@@ -392,6 +545,7 @@ def lazy_folder(root: str | None = None, image_size: int = 32, channels: int = 3
     Without ``mean``/``std``, one streaming pass over the training images computes them
     (memory: one image at a time); the split and the numbers match :func:`folder`.
     """
+    _check_image_options(image_size, channels)
     base, classes, tr_files, tr_y, te_files, te_y = _folder_files(root, test_fraction)
     if mean is None or std is None:
         total, squares, count = 0, 0, 0

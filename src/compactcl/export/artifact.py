@@ -29,6 +29,7 @@ for bit. Flat blobs keep the safetensors framing (a JSON entry per tensor) off s
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,7 @@ def load_artifact(path: str | os.PathLike) -> nn.Module:
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
     verify_digest(header, tensors, path, "Export it again from its run folder.")
+    _check_layer_table(header, tensors, path)  # before _decode allocates anything a shape claims
     try:
         return _decode(header, tensors, path)
     except CompactCLError:
@@ -257,6 +259,81 @@ def load_artifact(path: str | os.PathLike) -> nn.Module:
             MemoryError) as e:  # a /1 header is not covered by the checksum: a damaged one fails here
         raise CompactCLError(f"{path}: its header does not describe its data ({type(e).__name__}: {str(e)[:200]}); "
                              "the artifact is corrupted or was written by another version. Export it again.") from e
+
+
+# Sparse entries may describe zeros that no stored byte backs (runs after the last non-zero, all-zero
+# tensors); this many such values in all is allowed (64 MB as float32), nothing more.
+_MAX_UNBACKED = 2 ** 24
+
+
+def _int(entry: dict[str, Any], key: str, lo: int, hi: int, what: str) -> int:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise CompactCLError(f"{what}: {key}={value!r} is not an integer in [{lo}, {hi}]")
+    return value
+
+
+def _check_layer_table(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a layer table that asks for more values than the u8/f16/f32 blobs can hold, before decoding.
+
+    Each entry's bytes follow from its shape, bits and encoding (see the module docstring), so
+    the bytes every entry needs at least are summed per blob and compared with what the file
+    holds: a crafted ``shape: [1e5, 1e5]`` is refused here instead of allocating 9.3 GiB.
+    """
+    layers = header.get("layers")
+    if not isinstance(layers, dict) or not all(isinstance(es, dict) for es in layers.values()):
+        raise CompactCLError(f"{path}: its header has no valid layer table; the artifact is corrupted.")
+    have = {k: int(tensors[k].numel()) if k in tensors else 0 for k in _BLOBS}
+    need = {k: 0 for k in _BLOBS}
+    unbacked = 0
+    for module, entries in layers.items():
+        for leaf, entry in entries.items():
+            what = f"{path}: layer entry {module + '.' if module else ''}{leaf}"
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                      for d in shape):
+                raise CompactCLError(f"{what} has no valid shape ({shape!r}); the artifact is corrupted.")
+            n = math.prod(shape)
+            try:
+                if "int" in entry:
+                    if not isinstance(entry["int"], list) or len(entry["int"]) != n:
+                        raise CompactCLError(f"{what}: shape {shape} does not match its stored integers")
+                    continue
+                sparse = entry.get("sparse") or 0
+                if sparse not in (1, 2):
+                    if sparse:
+                        raise CompactCLError(f"{what}: unknown sparse encoding {sparse!r}")
+                elif sparse == 2:  # relative indices: each code advances at most 2**ib - 1 positions
+                    ib, ne = _int(entry, "ib", 1, 8, what), _int(entry, "ne", 0, 8 * have["u8"], what)
+                    need["u8"] += packed_nbytes(ne, ib)
+                    unbacked += max(0, n - ne * ((1 << ib) - 1))
+                else:  # a bitmask, one bit a value
+                    need["u8"] += (n + 7) // 8
+                if "enc" in entry:
+                    bits = _int(entry, "bits", 1, 8, what)
+                    method = QUANT_METHODS.get(entry["enc"]) if isinstance(entry["enc"], str) else None
+                    if method is None:
+                        raise CompactCLError(f"{what}: unknown weight encoding {entry['enc']!r}; upgrade compactcl "
+                                             "(or import the module of that quantization method) to read it.")
+                    axis = entry.get("axis")
+                    channels = shape[_int(entry, "axis", -len(shape), len(shape) - 1, what)] if axis is not None else 1
+                    if not sparse:
+                        need["u8"] += packed_nbytes(n, bits)
+                    for blob, count in method.grid_values(entry, channels).items():
+                        need[blob] += count
+                else:
+                    blob = entry.get("dt")
+                    if blob not in ("f16", "f32"):
+                        raise CompactCLError(f"{what}: unknown float storage {blob!r}")
+                    need[blob] += 0 if sparse else n
+            except CompactCLError as e:
+                raise CompactCLError(f"{e}; the artifact is corrupted or was written by another version.") from None
+            over = [k for k in _BLOBS if need[k] > have[k]]
+            if over or unbacked > _MAX_UNBACKED:
+                held = ", ".join(f"{have[k]:,} {k}" for k in _BLOBS)
+                raise CompactCLError(f"{what} claims shape {shape} ({n:,} values), more than the file's data can "
+                                     f"hold ({held} values in all); the artifact is truncated, corrupted or "
+                                     "crafted. Refusing to decode it.")
 
 
 def _decode(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> nn.Module:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
-from .protocol import create_model
+from .protocol import MODEL_KINDS, create_model, list_model_kinds
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_header", "conform_to", "tensor_digest", "file_digest",
            "verify_digest", "FORMAT", "READABLE_FORMATS"]
@@ -131,41 +131,106 @@ def conform_to(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-_MAX_SPEC_GROWTH = 1000  # a spec may build a model this much larger than its saved weights (pruned models)
 _BUILD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError)
 
 
-def _check_spec(spec: Any, state: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse a header whose spec cannot be built, or would build a model far larger than the file's weights.
+def _count(value: Any, name: str, limit: int, source: str) -> int:
+    """A spec count (branches, classes): a plain int in [0, limit], else the header is refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise CompactCLError(f"{source}: its spec has {name}={value!r}, which its weights cannot back (at most "
+                             f"{limit:,}); the header is corrupted or crafted. Refusing to build it.")
+    return value
 
-    Built-in specs are first built on the meta device (no memory), so a crafted header such as
-    ``width: 10**9`` is refused before anything is allocated.
+
+def _longest_list(value: Any) -> int:
+    """Length of the longest list anywhere in ``value`` (spec lists such as MLP ``hidden`` become layers)."""
+    if isinstance(value, dict):
+        return max((_longest_list(v) for v in value.values()), default=0)
+    if isinstance(value, (list, tuple)):
+        return max(len(value), *(_longest_list(v) for v in value)) if value else 0
+    return 0
+
+
+def _check_counts(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
+    """Spec values that set how many modules get built must be backed by tensors in the file.
+
+    Even on the meta device, building costs time per module: ``branches: 10**9`` or a
+    million-entry ``hidden`` list would hang before any shape could be compared.
+    """
+    n = len(state)
+    try:
+        longest = _longest_list(spec)
+    except RecursionError as e:
+        raise CompactCLError(f"{source}: its spec is nested too deeply; the header is corrupted or crafted.") from e
+    if longest > n:
+        raise CompactCLError(f"{source}: its spec holds a list of {longest:,} entries but the file has only {n} "
+                             "tensors; the header is corrupted or crafted. Refusing to build it.")
+    counts = MODEL_KINDS[spec["kind"]].saved_counts
+    for field, saved in counts(spec, state) if counts else []:
+        if _count(spec.get(field, 0), field, n, source) != saved:
+            raise CompactCLError(f"{source}: its spec says {field}={spec.get(field)} but the file holds "
+                                 f"weights of {saved} {field}; the header is corrupted or crafted.")
+    # classes are never pruned, so the head's saved rows must be the spec's classes
+    for key, field in (("head.weight", "num_classes"), ("aux_head.weight", "aux_classes")):
+        if field in spec and key in state and state[key].ndim >= 1:
+            rows = int(state[key].shape[0])
+            if _count(spec[field], field, rows, source) != rows:
+                raise CompactCLError(f"{source}: its spec says {field}={spec[field]} but {key} holds {rows} rows; "
+                                     "the header is corrupted or crafted.")
+
+
+def _check_spec(spec: Any, state: dict[str, torch.Tensor], source: str) -> nn.Module | None:
+    """The spec's model on the meta device, conformed to the saved shapes and checked tensor by tensor.
+
+    Nothing is allocated here: a crafted header (``width: 10**9``, ``num_classes: 15e6``,
+    ``branches: 10**9``) is refused before any memory or time is spent on it, and an accepted
+    spec describes exactly the tensors in the file, so building it costs what the file holds.
+    Returns None for kinds not safe to build on the meta device (external models: user factories).
     """
     if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
         raise CompactCLError(f"{source}: its header has no valid model spec; the file is corrupted.")
-    if spec["kind"] not in ("single", "der"):
-        return
+    kind = MODEL_KINDS.get(spec["kind"])
+    if kind is None:
+        raise CompactCLError(f"{source}: unknown model kind {spec['kind']!r}; this compactcl builds "
+                             f"{', '.join(list_model_kinds())}")
+    if not kind.meta_safe:
+        return None
+    _check_counts(spec, state, source)
     try:
         with torch.device("meta"):
-            probe = create_model(spec)
-        need = sum(t.numel() for t in probe.state_dict().values())
+            probe = conform_to(create_model(spec), state)
+    except CompactCLError:
+        raise
     except _BUILD_ERRORS as e:
-        raise CompactCLError(f"{source}: its model spec cannot be built ({type(e).__name__}: {e}); the header is "
-                             "corrupted or was written by another compactcl version.") from e
-    have = sum(t.numel() for t in state.values())
-    if need > 2 ** 24 and need > _MAX_SPEC_GROWTH * max(have, 1):
-        raise CompactCLError(f"{source}: its spec describes a model of {need:,} values but the file holds {have:,}; "
-                             "the header is corrupted or crafted. Refusing to build it.")
+        raise CompactCLError(f"{source}: its model spec cannot be built ({type(e).__name__}: {str(e)[:300]}); the "
+                             "header is corrupted or was written by another compactcl version.") from e
+    want = probe.state_dict()
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise CompactCLError(f"{source}: weights do not match the model spec (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}); the file was written by another model.")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(t.shape)}" for k, t in want.items()
+             if tuple(state[k].shape) != tuple(t.shape)]
+    if wrong:
+        raise CompactCLError(f"{source}: weights do not fit the model spec ({'; '.join(wrong[:3])}); the file is "
+                             "corrupted or was written by another model.")
+    return probe
 
 
 def model_from_state(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str = "checkpoint") -> nn.Module:
-    _check_spec(spec, state, source)
+    # Loading must not move the global RNG (layer init draws from it, then the saved weights
+    # replace what was drawn): a resumed run draws exactly what an uninterrupted one does.
+    with torch.random.fork_rng(devices=[]):
+        return _model_from_state(spec, state, source)
+
+
+def _model_from_state(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    probe = _check_spec(spec, state, source)
     try:
-        # Loading must not move the global RNG (layer init draws from it, then the saved weights
-        # replace what was drawn): a resumed run draws exactly what an uninterrupted one does.
-        with torch.random.fork_rng(devices=[]):
-            built = create_model(spec)
-        model = conform_to(built, state)
+        if probe is not None:  # shapes already match the file: allocate exactly that, then copy the weights in
+            model = probe.to_empty(device="cpu")
+        else:
+            model = conform_to(create_model(spec), state)
         missing, unexpected = model.load_state_dict(state, strict=False)
     except CompactCLError:
         raise

@@ -360,4 +360,5 @@ def is_external_name(name: str) -> bool:
     return name.partition(":")[0] in ("timm", "torchvision", "module") and ":" in name
 
 
-register_model_kind(ExternalNet.kind, model_from_spec)
+# a factory is user code: it is not built on the meta device to check shapes first
+register_model_kind(ExternalNet.kind, model_from_spec, meta_safe=False)

@@ -141,4 +141,9 @@ class DERNet(nn.Module):
 
 
 register_model_kind(IncrementalNet.kind, lambda spec: IncrementalNet(**spec))
-register_model_kind(DERNet.kind, lambda spec: DERNet(**spec))
+def _der_branches(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> list[tuple[str, int]]:
+    """A DER file backs as many branches as it holds branch weights for."""
+    return [("branches", len({k.split(".")[1] for k in state if k.startswith("branches.") and k.count(".") >= 2}))]
+
+
+register_model_kind(DERNet.kind, lambda spec: DERNet(**spec), saved_counts=_der_branches)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["IncrementalModel", "MODEL_KINDS", "register_model_kind", "list_model_kinds", "create_model",
+__all__ = ["IncrementalModel", "ModelKind", "MODEL_KINDS", "register_model_kind", "list_model_kinds", "create_model",
            "grow_linear", "empty_linear"]
 
 
@@ -45,12 +46,24 @@ class IncrementalModel(Protocol):
         ...
 
 
-# kind -> builder(spec without "kind") -> model
-MODEL_KINDS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
+@dataclass(frozen=True)
+class ModelKind:
+    """How a saved spec of this kind becomes a model, and what a loader may check before building."""
+
+    build: Callable[[dict[str, Any]], nn.Module]  # spec without "kind" -> untrained model
+    # True: building on the meta device is side-effect free, so a loader checks shapes before allocating
+    meta_safe: bool = True
+    # (spec, saved state) -> a list of (spec key, count the file backs) that must agree, e.g. DER's branches
+    saved_counts: Callable[[dict[str, Any], dict[str, torch.Tensor]], list[tuple[str, int]]] | None = None
 
 
-def register_model_kind(kind: str, builder: Callable[[dict[str, Any]], nn.Module]) -> None:
-    MODEL_KINDS[kind] = builder
+MODEL_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model_kind(kind: str, builder: Callable[[dict[str, Any]], nn.Module], *, meta_safe: bool = True,
+                        saved_counts: Callable[[dict[str, Any], dict[str, torch.Tensor]], list[tuple[str, int]]]
+                        | None = None) -> None:
+    MODEL_KINDS[kind] = ModelKind(builder, meta_safe, saved_counts)
 
 
 def list_model_kinds() -> list[str]:
@@ -63,7 +76,7 @@ def create_model(spec: dict[str, Any]) -> nn.Module:
     kind = spec.pop("kind", None)
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(list_model_kinds())}")
-    return MODEL_KINDS[kind](spec)
+    return MODEL_KINDS[kind].build(spec)
 
 
 def empty_linear(in_features: int, out_features: int) -> nn.Linear:

@@ -161,6 +161,11 @@ class QuantMethod(ABC):
         """Write the grid's parameters after the codes: header keys into ``entry``, tensors via ``wr.put``.
         The bytes are the file format: change them only with a new artifact format version."""
 
+    def grid_values(self, entry: dict[str, Any], channels: int) -> dict[str, int]:
+        """How many values :meth:`write_grid` puts in each blob (``u8``/``f16``/``f32``) for this header
+        entry: a reader checks a file can hold them before decoding anything. Default: none."""
+        return {}
+
     @abstractmethod
     def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> "WeightQuant":
         """Read back what :meth:`write_grid` wrote (``entry`` also holds ``shape``, ``bits``, ``axis``)."""

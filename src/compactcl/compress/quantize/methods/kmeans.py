@@ -99,6 +99,9 @@ class KMeansQuant(QuantMethod):
             entry["zc"] = int(wq.options["zero_code"])
         wr.put("f32", wq.params["codebook"].numpy())
 
+    def grid_values(self, entry: dict[str, Any], channels: int) -> dict[str, int]:
+        return {"f32": 2 ** int(entry["bits"])}  # the codebook
+
     def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> WeightQuant:
         bits = int(entry["bits"])
         codebook = torch.from_numpy(rd.take("f32", 2 ** bits).copy())

@@ -56,6 +56,9 @@ class LinearQuant(QuantMethod):
         if not symmetric:
             wr.put("u8", wq.params["zero_point"].numpy())  # affine range is [0, 2**bits)
 
+    def grid_values(self, entry: dict[str, Any], channels: int) -> dict[str, int]:
+        return {"f32": channels, "u8": 0 if entry.get("sym", 1) else channels}  # scales (+ zero points)
+
     def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> WeightQuant:
         axis, channels = entry.get("axis"), self.channels(entry)
         scale = torch.from_numpy(rd.take("f32", channels).copy())

@@ -61,6 +61,9 @@ class LogQuant(QuantMethod):
         # exponents are int8: stored as uint8 + 128
         wr.put("u8", (wq.params["emax"].numpy().astype(np.int16) + 128).astype(np.uint8))
 
+    def grid_values(self, entry: dict[str, Any], channels: int) -> dict[str, int]:
+        return {"u8": channels}  # one top exponent per channel
+
     def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> WeightQuant:
         axis = entry.get("axis")
         emax = torch.from_numpy(rd.take("u8", self.channels(entry)).astype(np.int32) - 128)
