@@ -36,7 +36,7 @@ def test_forgetting_uses_best_earlier_accuracy_not_first():
 def test_single_task_and_ragged_rows():
     assert summarize([[0.8]]) == {"average_incremental_accuracy": 0.8, "final_accuracy": 0.8,
                                   "forgetting": 0.0, "bwt": 0.0}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="row 1 of the accuracy matrix has 1 entries, needs 2"):
         to_matrix([[0.1], [0.2]])
 
 

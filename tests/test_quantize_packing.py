@@ -21,9 +21,9 @@ def test_pack_known_layout():
 
 
 def test_pack_rejects_out_of_range_and_short_buffers():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"codes must be in \[0, 8\) to pack into 3 bits"):
         pack_bits(np.array([8]), 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 bytes cannot hold 3 codes of 4 bits"):
         unpack_bits(np.zeros(1, np.uint8), 4, 3)
 
 

@@ -74,7 +74,7 @@ def test_log_levels_configurable():
     emax = torch.tensor(0, dtype=torch.int32)
     deq = P.fake_quantize_log(w, 4, emax, None, levels=2)
     assert set(deq.abs().unique().tolist()) <= {0.0, 0.5, 1.0}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a 3-bit log code holds 1..3 exponent levels per sign, got 4"):
         P.log_levels(3, levels=4)
 
 
@@ -121,7 +121,7 @@ def test_kmeans_sparse_modes_keep_zeros_and_exclude_them():
 
 
 def test_bad_bits_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"bits must be an integer in 2\.\.8, got 1"):
         P.qrange(1, True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"bits must be an integer in 2\.\.8, got 9"):
         P.qrange(9, False)

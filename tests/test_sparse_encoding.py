@@ -34,5 +34,5 @@ def test_index_bits_choice_beats_a_bitmask_when_sparse():
     positions = np.flatnonzero(rng.random(n) < 0.08)
     b, bits = best_index_bits(positions, value_bits=5)
     assert b > 1 and bits < 0.8 * (n + positions.size * 5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"relative indices run past the tensor's {n} values"):
         decode_positions(np.array([n]), 8, n)
