@@ -1,9 +1,65 @@
 """Pure quantization math, tested against PyTorch's fake-quant ops and brute-force references."""
 
+import math
+
 import pytest
 import torch
+from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver
 
 from compactcl.compress.quantize import primitives as P
+
+
+def _observer_qparams(w, bits, symmetric, axis):
+    """Scale and zero point from PyTorch's own min-max observers (the independent reference).
+
+    Symmetric: the narrow signed range [-(2**(b-1)-1), 2**(b-1)-1] on qint8, so the observer divides max|w|
+    by (qmax - qmin) / 2 = qmax and keeps zero point 0. Affine: [0, 2**b - 1] on quint8.
+    """
+    if symmetric:
+        qmin, qmax, dtype = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1, torch.qint8
+    else:
+        qmin, qmax, dtype = 0, 2 ** bits - 1, torch.quint8
+    if axis is None:
+        qscheme = torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine
+        obs = MinMaxObserver(dtype=dtype, qscheme=qscheme, quant_min=qmin, quant_max=qmax)
+    else:
+        qscheme = torch.per_channel_symmetric if symmetric else torch.per_channel_affine
+        obs = PerChannelMinMaxObserver(ch_axis=axis, dtype=dtype, qscheme=qscheme, quant_min=qmin, quant_max=qmax)
+    obs(w)
+    scale, zp = obs.calculate_qparams()
+    return scale.reshape(-1), zp.reshape(-1)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_linear_qparams_equal_pytorch_minmax_observers(bits, symmetric, axis):
+    torch.manual_seed(bits)
+    # 64 channels with varied ranges and offsets: some all-positive, some all-negative, so the
+    # zero point lands on every kind of fraction (a floored zero point differs from a rounded one)
+    w = torch.randn(64, 50) * torch.rand(64, 1) + torch.randn(64, 1) * (0.0 if symmetric else 0.5)
+    ref_scale, ref_zp = _observer_qparams(w, bits, symmetric, axis)
+    scale, zp = P.linear_qparams(w, bits, symmetric, axis)
+    assert scale.dtype == torch.float32 and zp.dtype == torch.int32
+    assert torch.allclose(scale.reshape(-1), ref_scale.float(), rtol=1e-6, atol=0)
+    assert torch.equal(zp.reshape(-1).long(), ref_zp.long())
+
+
+def test_linear_qparams_hand_computed():
+    w = torch.tensor([[-0.7, 0.3, 0.1], [0.2, 0.4, 0.35], [-1.5, -0.5, -0.1]])
+    # symmetric 4-bit: max|w| / 7 per row; zero point 0
+    scale, zp = P.linear_qparams(w, 4, True, 0)
+    assert torch.allclose(scale, torch.tensor([0.7, 0.4, 1.5]) / 7)
+    assert torch.equal(zp, torch.zeros(3, dtype=torch.int32))
+    # affine 2-bit (0..3), range always includes 0: row 0 [-0.7, 0.3] -> scale 1/3, zp = 0 - round(-2.1) = 2;
+    # row 1 [0, 0.4] -> scale 0.4/3, zp 0; row 2 [-1.5, 0] -> scale 0.5, zp = round(3.0) = 3
+    scale, zp = P.linear_qparams(w, 2, False, 0)
+    assert torch.allclose(scale, torch.tensor([1.0 / 3, 0.4 / 3, 0.5]))
+    assert zp.tolist() == [2, 0, 3]
+    # zero point = -round(lo / scale), rounded both ways: at 2 bits with hi - lo = 1 the scale is 1/3;
+    # [-0.55, 0.45]: lo/scale = -1.65 -> zp 2 (flooring 1.65 gives 1); [-0.4, 0.6]: -1.2 -> zp 1 (floor(-1.2) gives 2)
+    _, zp = P.linear_qparams(torch.tensor([[-0.55, 0.45], [-0.4, 0.6]]), 2, False, 0)
+    assert zp.tolist() == [2, 1]
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
@@ -13,12 +69,16 @@ def test_linear_fake_quant_equals_pytorch(bits, symmetric, shape):
     w = torch.randn(shape) * 0.2 + (0.0 if symmetric else 0.05)
     qmin, qmax = P.qrange(bits, symmetric)
     s, z = P.linear_qparams(w, bits, symmetric, axis=0)
+    ref_s, ref_z = _observer_qparams(w, bits, symmetric, 0)  # the grid itself is PyTorch's choice too
+    assert torch.allclose(s, ref_s.float(), rtol=1e-6, atol=0) and torch.equal(z.long(), ref_z.long())
     ref = torch.fake_quantize_per_channel_affine(w, s, z, 0, qmin, qmax)
     assert torch.equal(P.fake_quantize_linear(w, s, z, bits, 0, symmetric), ref)
     codes, s2, z2 = P.quantize_linear(w, bits, 0, symmetric)
     assert codes.min() >= 0 and codes.max() < 2 ** bits
     assert torch.equal(P.dequantize_linear(codes, s2, z2, bits, 0, symmetric), ref)
     s, z = P.linear_qparams(w, bits, symmetric, axis=None)
+    ref_s, ref_z = _observer_qparams(w, bits, symmetric, None)
+    assert math.isclose(float(s), float(ref_s), rel_tol=1e-6) and int(z) == int(ref_z)
     ref = torch.fake_quantize_per_tensor_affine(w, float(s), int(z), qmin, qmax)
     assert torch.equal(P.fake_quantize_linear(w, s, z, bits, None, symmetric), ref)
     codes, s2, z2 = P.quantize_linear(w, bits, None, symmetric)
@@ -45,12 +105,34 @@ def test_symmetric_two_bit_is_ternary():
         assert set(torch.unique(row / sc).tolist()) <= {-1.0, 0.0, 1.0}
 
 
+def _nearest_exponent_brute_force(w, axis):
+    """e minimising |2**e - max|w|| over every candidate exponent (float64; a tie goes to the larger)."""
+    tops = w.abs().amax(dim=1) if axis == 0 else w.abs().max().reshape(1)
+    out = []
+    for top in tops.double().tolist():
+        cands = range(-130, 130)
+        out.append(min(cands, key=lambda e: (abs(2.0 ** e - top), -e)))
+    return torch.tensor(out, dtype=torch.int32)
+
+
+def test_log_qparams_is_the_nearest_power_of_two_of_the_largest_magnitude():
+    # hand-made: max|w| per row 0.7 -> 0.5 (e=-1); 0.8 -> 1 (e=0); 3.1 -> 4 (e=2); 2.9 -> 2 (e=1);
+    # 0.75 (exactly between 0.5 and 1 in the linear domain) -> the larger, 1 (e=0); 1.0 -> e=0
+    w = torch.tensor([[0.7, -0.1], [-0.8, 0.2], [3.1, 0.0], [-2.9, 1.0], [0.75, -0.5], [1.0, -1.0]])
+    assert P.log_qparams(w, 0).tolist() == [-1, 0, 2, 1, 0, 0]
+    assert int(P.log_qparams(w, None)) == 2
+    torch.manual_seed(0)
+    w = torch.randn(200, 30) * torch.rand(200, 1) * 4
+    assert torch.equal(P.log_qparams(w, 0), _nearest_exponent_brute_force(w, 0))
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 @pytest.mark.parametrize("axis", [None, 0])
 def test_log_quant_nearest_power_of_two_and_zero(bits, axis):
     w = torch.randn(6, 40) * 0.1
     w[:, :5] = 0
     emax = P.log_qparams(w, axis)
+    assert torch.equal(emax.reshape(-1), _nearest_exponent_brute_force(w, axis))
     codes = P.quantize_log(w, bits, emax, axis)
     deq = P.dequantize_log(codes, bits, emax, axis)
     assert codes.min() >= 0 and codes.max() < 2 ** bits
