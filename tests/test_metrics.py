@@ -56,3 +56,10 @@ def test_forgetting_ignores_the_final_row_when_choosing_the_best():
     assert forgetting(acc) == pytest.approx((-0.3 - 0.1) / 2)
     # two tasks, the old one improves: best earlier is the first row only
     assert forgetting([[0.4], [0.7, 0.9]]) == pytest.approx(-0.3)
+
+
+def test_square_rows_and_two_task_bwt():
+    nan = float("nan")
+    square = [[0.9, nan, nan], [0.6, 0.8, nan], [0.5, 0.7, 0.9]]  # NaN above the diagonal, as documented
+    assert summarize(square) == summarize(ACC)
+    assert backward_transfer([[0.9], [0.6, 0.8]]) == pytest.approx(-0.3)

@@ -207,3 +207,106 @@ def test_bad_bits_rejected():
         P.qrange(1, True)
     with pytest.raises(ValueError, match=r"bits must be an integer in 2\.\.8, got 9"):
         P.qrange(9, False)
+
+
+# ------------------------------------------------ edges and contracts (each kills a mutant, notes/mutation.md)
+def test_qrange_and_log_levels_hand_table():
+    assert [P.qrange(b, True) for b in (2, 3, 4, 8)] == [(-1, 1), (-3, 3), (-7, 7), (-127, 127)]
+    assert [P.qrange(b, False) for b in (2, 3, 4, 8)] == [(0, 3), (0, 7), (0, 15), (0, 255)]
+    assert [P.log_levels(b) for b in (2, 3, 4, 8)] == [1, 3, 7, 127]
+
+
+def test_linear_defaults_are_symmetric_and_dtypes_are_fixed():
+    w = torch.randn(5, 7) + 0.3
+    s_sym, z_sym = P.linear_qparams(w, 4, True)
+    s, z = P.linear_qparams(w, 4)
+    assert torch.equal(s, s_sym) and torch.equal(z, z_sym)
+    codes, s, z = P.quantize_linear(w, 4)
+    assert codes.dtype == torch.int64 and torch.equal(codes, P.quantize_linear(w, 4, None, True)[0])
+    assert torch.equal(P.dequantize_linear(codes, s, z, 4), P.dequantize_linear(codes, s, z, 4, None, True))
+    assert torch.equal(P.fake_quantize_linear(w, s, z, 4), P.fake_quantize_linear(w, s, z, 4, None, True))
+
+
+def test_linear_qparams_of_an_empty_tensor():
+    s, z = P.linear_qparams(torch.zeros(3, 0), 4, False, axis=0)
+    assert s.shape == (3,) and s.dtype == torch.float32 and torch.equal(s, torch.ones(3))
+    assert z.dtype == torch.int32 and torch.equal(z, torch.zeros(3, dtype=torch.int32))
+    s, z = P.linear_qparams(torch.zeros(0), 4, True)
+    assert s.shape == () and z.shape == () and z.dtype == torch.int32
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_given_grid_is_used_and_out_of_range_values_clamp(symmetric):
+    w = torch.linspace(-3, 3, 61).reshape(1, -1)
+    scale, zp = torch.tensor(0.1), torch.tensor(0 if symmetric else 7, dtype=torch.int32)
+    qmin, qmax = P.qrange(4, symmetric)
+    codes, s, z = P.quantize_linear(w, 4, None, symmetric, scale, zp)
+    assert s is scale and z is zp  # the given grid, not a min-max one
+    assert int(codes.min()) == 0 and int(codes.max()) == qmax - qmin  # clamped at both ends
+    ref = torch.fake_quantize_per_tensor_affine(w, 0.1, int(zp), qmin, qmax)
+    assert torch.equal(P.fake_quantize_linear(w, scale, zp, 4, None, symmetric), ref)
+    assert torch.equal(P.dequantize_linear(codes, s, z, 4, None, symmetric), ref)
+    # only a scale: the grid is chosen afresh (both parameters come from min-max)
+    assert torch.equal(P.quantize_linear(w, 4, None, symmetric, scale=scale)[0], P.quantize_linear(w, 4, None, symmetric)[0])
+
+
+def test_scalar_tensors_keep_their_shape():
+    w = torch.tensor(0.33)
+    out = P.fake_quantize_linear(w, torch.tensor([0.1]), torch.tensor([0], dtype=torch.int32), 4)
+    assert out.shape == () and float(out) == pytest.approx(0.3)
+    assert int(P.log_qparams(torch.tensor(3.1))) == 2  # a 0-d tensor is its own maximum
+
+
+def test_log_qparams_edges():
+    emax = P.log_qparams(torch.zeros(0))
+    assert emax.shape == () and emax.dtype == torch.int32 and int(emax) == 0  # nothing to fit: 2**0
+    # an all-zero channel takes the smallest normal float32 exponent, not a subnormal or garbage
+    assert P.log_qparams(torch.zeros(3, 4), 0).tolist() == [-126, -126, -126]
+
+
+def test_log_rounding_ties_go_up_like_log_qparams():
+    emax = torch.tensor(0, dtype=torch.int32)  # levels 1, 0.5, 0.25 (3 levels at 3 bits)
+    w = torch.tensor([0.75, -0.375, 0.125, 0.1, 0.0])
+    # 0.75 is halfway between 0.5 and 1 -> 1; 0.375 -> 0.5; 0.125 (half the smallest level) -> kept as 0.25
+    assert P.fake_quantize_log(w, 3, emax).tolist() == [1.0, -0.5, 0.25, 0.0, 0.0]
+
+
+def test_fake_quantize_log_per_channel_is_quantize_then_dequantize():
+    w = torch.randn(6, 40)
+    emax = P.log_qparams(w, 0)
+    ref = P.dequantize_log(P.quantize_log(w, 4, emax, 0), 4, emax, 0)
+    assert torch.equal(P.fake_quantize_log(w, 4, emax, 0), ref)
+
+
+def test_kmeans_codebook_edges():
+    assert torch.equal(P.kmeans_codebook(torch.zeros(0), 4), torch.zeros(4))
+    assert torch.equal(P.kmeans_codebook(torch.tensor([0.5]), 4), torch.full((4,), 0.5))
+    # fewer distinct values than k under k-means++: the codebook is padded with a repeat, length k
+    c = P.kmeans_codebook(torch.tensor([1.0, 1.0, 2.0, 2.0, 3.0]), 8, init="kmeans++")
+    assert c.numel() == 8 and set(c.tolist()) == {1.0, 2.0, 3.0}
+    # k-means++ is seeded: the same seed gives the same codebook
+    v = torch.randn(300)
+    assert torch.equal(P.kmeans_codebook(v, 8, "kmeans++", seed=3), P.kmeans_codebook(v, 8, "kmeans++", seed=3))
+    # Lloyd by hand: linear init [0, 1/3, 2/3, 1]; members 0,0,0 and 1: the two middle clusters are empty
+    # and stay put, a one-member cluster sits on its member
+    c = P.kmeans_codebook(torch.tensor([0.0, 0.0, 0.0, 1.0]), 4)
+    assert torch.allclose(c, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]))
+    with pytest.raises(ValueError, match="unknown k-means init 'best'"):
+        P.kmeans_codebook(v, 4, init="best")
+
+
+def test_quantize_kmeans_zero_code_boundary_and_sizes():
+    w = torch.randn(4, 4).abs() + 0.1
+    half = w.clone(); half.view(-1)[:8] = 0  # exactly 1/bits of zeros at 2 bits: still a reserved code
+    res = P.quantize_kmeans(half, 2)
+    assert res.zero_code == 3 and res.codebook.numel() == 4
+    forty = torch.randn(10, 10).abs() + 0.1; forty.view(-1)[:40] = 0  # 40% > 1/3 at 3 bits: the mask
+    assert P.quantize_kmeans(forty, 3).zero_code is None
+    empty = P.quantize_kmeans(torch.zeros(0, 3), 1)
+    assert empty.zero_code is None and empty.codes.shape == (0, 3) and empty.codebook.numel() == 2
+    with pytest.raises(ValueError, match=r"bits must be an integer in 1\.\.8, got 9"):
+        P.quantize_kmeans(w, 9)
+    # codes unpacked from an artifact are uint8: they index, they are not a mask
+    res = P.quantize_kmeans(torch.randn(20), 2)
+    assert torch.equal(P.dequantize_kmeans(res.codes.to(torch.uint8), res.codebook),
+                       P.dequantize_kmeans(res.codes, res.codebook))

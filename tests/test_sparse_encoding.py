@@ -71,3 +71,8 @@ def test_best_index_bits_hand_worked():
     # 14 + 4 = 18; 8-bit: 16 + 4 = 20; 6-bit (skip 63): gap 100 -> 63 + real -> 3 entries -> 18 + 4 = 22
     b, bits = best_index_bits(np.array([0, 100]), 2)
     assert (b, bits) == (7, 18)
+
+
+def test_negative_codes_are_refused():
+    with pytest.raises(ValueError, match="run past the tensor's 10 values"):
+        decode_positions(np.array([-3, 2]), 3, 10)
