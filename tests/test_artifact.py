@@ -119,7 +119,7 @@ def test_corruption_and_off_grid_weights_fail_loudly(tmp_path):
     with pytest.raises(CompactCLError, match="checksum"):
         load_artifact(tmp_path / "bad.ccl")
     (tmp_path / "cut.ccl").write_bytes(bytes(data[: len(data) // 2]))
-    with pytest.raises(CompactCLError):
+    with pytest.raises(CompactCLError, match="not a readable safetensors file.*truncated"):
         load_artifact(tmp_path / "cut.ccl")
     with torch.no_grad():
         net.head.weight.add_(1e-3)
@@ -202,11 +202,19 @@ def test_meta_with_integer_keys_verifies_after_a_round_trip(tmp_path):
     # JSON turns int keys into strings, which sort differently ("10" < "2"): the digest is of what is read back
     from compactcl.models import load_checkpoint, save_checkpoint
 
+    from compactcl.models.checkpoint import read_header
+
     meta = {"names": {i: f"class {i}" for i in range(12)}, "mixed": {True: 1, "b": 2}}
-    save_checkpoint(_net(), tmp_path / "m.safetensors", meta)
-    load_checkpoint(tmp_path / "m.safetensors")
-    save_artifact(quantize_(_net(), KMeansQuantConfig(bits=4)), tmp_path / "m.ccl", meta)
-    load_artifact(tmp_path / "m.ccl")
+    as_json = {"names": {str(i): f"class {i}" for i in range(12)}, "mixed": {"true": 1, "b": 2}}
+    x = torch.randn(3, 1, 8, 8)
+    net = _net().eval()
+    save_checkpoint(net, tmp_path / "m.safetensors", meta)
+    assert torch.equal(load_checkpoint(tmp_path / "m.safetensors")(x), net(x))  # the digest verified
+    assert read_header(tmp_path / "m.safetensors")["meta"] == as_json
+    q = quantize_(_net(), KMeansQuantConfig(bits=4)).eval()
+    save_artifact(q, tmp_path / "m.ccl", meta)
+    assert torch.equal(load_artifact(tmp_path / "m.ccl")(x), q(x))
+    assert read_header(tmp_path / "m.ccl")["meta"] == as_json
 
 
 def test_a_format_2_checkpoint_without_its_digest_is_refused(tmp_path):

@@ -238,7 +238,7 @@ def test_other_os_errors_are_not_reported_as_disk_full(tmp_path, monkeypatch):
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr(Path, "write_bytes", denied)
-    with pytest.raises(PermissionError):
+    with pytest.raises(PermissionError, match="Permission denied"):
         atomic.atomic_write_bytes(tmp_path / "x", b"1")
     assert not list(tmp_path.iterdir())
 

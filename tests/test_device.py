@@ -69,10 +69,22 @@ def test_loss_history_unchanged_by_device_side_accumulation(task):
     """The epoch means are summed on the device now; one process must give the old figures."""
     torch.manual_seed(0)
     model = IncrementalNet("mlp", 1, 8, 10, {"hidden": [32]})
+    steps = []  # (loss, batch size) of every step, read on the host as the loss function returns it
+
+    def recording_ce(model, x, y):
+        loss = F.cross_entropy(model(x), y)
+        steps.append((float(loss), len(y)))
+        return loss
+
     seen = []
-    h = train(model, task.train, _ce, TrainConfig(epochs=2, batch_size=50),
+    h = train(model, task.train, recording_ce,
+              TrainConfig(epochs=2, batch_size=50),
               hooks=TrainHooks(end_epoch=lambda m, e, v: seen.append((e, v))))
-    assert [v for _, v in seen] == h and len(h) == 2 and h[1] < h[0]
+    per_epoch = -(-len(task.train) // 50)
+    assert len(steps) == 2 * per_epoch and len(task.train) % 50 != 0  # a short last batch: weighting matters
+    expected = [sum(v * n for v, n in ep) / sum(n for _, n in ep) for ep in (steps[:per_epoch], steps[per_epoch:])]
+    assert h == pytest.approx(expected, rel=1e-9, abs=0)  # sample-weighted mean of the host-side step losses
+    assert [e for e, _ in seen] == [0, 1] and [v for _, v in seen] == h and h[1] < h[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message PyTorch without CUDA gives")

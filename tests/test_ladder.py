@@ -56,7 +56,12 @@ def test_accuracy_drop_is_bounded(ladder):
     _, rows = ladder
     assert rows[0]["accuracy"] > 0.85 and rows[0]["agreement"] == 1.0
     assert rows[1]["accuracy"] >= rows[0]["accuracy"] - 0.02  # int8 weights are nearly lossless
-    assert rows[-1]["accuracy"] >= rows[0]["accuracy"] - 0.15
+    # The README's full schedules lose 1.3-1.7 points; these tiny ones (8 teacher / 8 distillation epochs, one
+    # fine-tune and one QAT epoch) measured on 360 test images: teacher 0.994, pruned -2.8, student -1.7, final
+    # -5.0 points (agreement with the teacher 0.94). 8 points leaves ~11 images of margin for float differences.
+    for r in rows[1:]:
+        assert r["accuracy"] >= rows[0]["accuracy"] - 0.08, (r["stage"], r["accuracy"], rows[0]["accuracy"])
+    assert rows[-1]["agreement"] >= 0.9
 
 
 def test_files_exist_and_their_sizes_are_the_reported_bytes(ladder):

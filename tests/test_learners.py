@@ -27,7 +27,9 @@ def run_stream(digits, name, epochs=6, **opts):
 def test_every_learner_learns_the_last_task(digits, name):
     accs, sizes, state = run_stream(digits, name)
     assert state.model.num_classes == 6
-    assert accs[-1] > 0.5, accs
+    # measured 0.986-1.0 on its 72 test images (one error = 0.014); 0.93 leaves ~5 errors of margin for
+    # float differences across machines, and a learner that fails to learn (chance is 1/6) falls far below
+    assert accs[-1] >= 0.93, accs
 
 
 def test_finetune_forgets_and_replay_learners_remember(digits):
@@ -59,8 +61,9 @@ def test_unknown_learner_and_option():
 def test_diverging_loss_names_the_step(digits):
     from compactcl import CompactCLError
 
-    with pytest.raises(CompactCLError, match="loss became .* at epoch 0"):
-        run_stream(digits, "finetune", epochs=2) if False else None or _diverge(digits)
+    # step 0 starts from finite weights; its lr=1e30 update makes step 1 the first non-finite loss
+    with pytest.raises(CompactCLError, match=r"^task 0: loss became (nan|-?inf) at epoch 0, step 1; lower the learning"):
+        _diverge(digits)
 
 
 def _diverge(digits):

@@ -43,7 +43,7 @@ def test_layer_masks_drop_the_ratio_of_each_layer():
     assert int((~masks["a"]).sum()) == 50 and int((~masks["b"]).sum()) == 2
     for n in scores:
         assert scores[n][~masks[n]].max() <= scores[n][masks[n]].min()
-    with pytest.raises(CompactCLError):
+    with pytest.raises(CompactCLError, match=r"must be in \[0, 1\), got 1.0"):
         select_masks(scores, 1.0, "layer")
 
 

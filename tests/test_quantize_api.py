@@ -27,7 +27,7 @@ def test_registry_covers_every_config():
     assert list_quantizers() == ["kmeans", "linear", "log"]
     assert {c.method for c in QUANTIZERS} == {"linear", "log", "kmeans"}
     assert isinstance(config_for("log", 3), LogQuantConfig)
-    with pytest.raises(CompactCLError):
+    with pytest.raises(CompactCLError, match="unknown quantization method 'ternary'; choose one of kmeans, linear, log"):
         config_for("ternary", 2)
 
 

@@ -21,9 +21,9 @@ def test_pack_known_layout():
 
 
 def test_pack_rejects_out_of_range_and_short_buffers():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"codes must be in \[0, 8\) to pack into 3 bits"):
         pack_bits(np.array([8]), 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 bytes cannot hold 3 codes of 4 bits"):
         unpack_bits(np.zeros(1, np.uint8), 4, 3)
 
 
@@ -32,3 +32,19 @@ def test_mask_roundtrip():
     packed = pack_mask(mask)
     assert packed.nbytes == 126
     assert np.array_equal(unpack_mask(packed, 1001), mask)
+
+
+def test_pack_contracts():
+    with pytest.raises(ValueError, match="bits must be in 1..8, got 9"):
+        pack_bits(np.array([1]), 9)
+    with pytest.raises(ValueError, match="bits must be in 1..8, got 0"):
+        pack_bits(np.array([0]), 0)
+    codes = np.arange(24).reshape(4, 6) % 8
+    assert np.array_equal(pack_bits(codes, 3), pack_bits(codes.reshape(-1), 3))  # any shape, row-major
+    packed = pack_bits(codes.reshape(-1), 3)
+    out = unpack_bits(packed.tolist(), 3, 24)  # bytes handed over as plain ints still unpack
+    assert out.dtype == np.uint8 and np.array_equal(out, codes.reshape(-1))
+    mask = np.array([[0.0, 1.5], [0.0, 2.0], [1.0, 0.0]])  # any non-zero is kept, 2-D is flattened
+    assert np.array_equal(pack_mask(mask), pack_mask(mask.reshape(-1) != 0))
+    back = unpack_mask(pack_mask(mask).tolist(), 6)
+    assert back.dtype == bool and back.tolist() == [False, True, False, True, True, False]

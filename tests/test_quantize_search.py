@@ -66,5 +66,6 @@ def test_layer_search_under_tolerance_keeps_the_drop(trained):
     assert min(res.bits.values()) < 8  # something was lowered
     q = quantize_(copy.deepcopy(net), res.config)
     assert accuracy(q, task.val) == res.val_accuracy
-    with pytest.raises(CompactCLError):
-        search_layer_bits(net, "linear", task.val, tolerance=None, budget_bytes=None, size_of=artifact_nbytes)
+    with pytest.raises(CompactCLError, match="needs a tolerance or a budget_bytes"):
+        search_layer_bits(net, "linear", task.val, tolerance=None, budget_bytes=None,
+                          size_of=artifact_nbytes)

@@ -29,9 +29,24 @@ def test_report_is_self_contained_with_plots_and_table():
 
 
 def test_report_command_rebuilds_from_metrics(tmp_path, capsys):
-    (tmp_path / "metrics.json").write_text(json.dumps(_doc()))
+    doc = _doc()  # figures found nowhere else, so the report can only have read them from metrics.json
+    doc["recipe"]["name"] = "from-the-file"
+    doc["summary"]["working"] = {"average_incremental_accuracy": 0.8123, "final_accuracy": 0.7891,
+                                 "forgetting": 0.1357, "bwt": -0.0246}
+    doc["tasks"][1]["bytes"]["deployed"] = 4321
+    doc["tasks"][1]["flops"] = 98765
+    (tmp_path / "metrics.json").write_text(json.dumps(doc))
     assert main(["report", str(tmp_path)]) == 0
-    assert (tmp_path / "report.html").stat().st_size > 10_000
+    text = (tmp_path / "report.html").read_text()
+    assert "<title>compactcl run: from-the-file</title>" in text
+    assert text.count("data:image/png;base64,") == 2  # both figures drawn
+    assert ("<tr><td>working</td><td>0.8123</td><td>0.7891</td><td>0.1357</td><td>-0.0246</td></tr>"
+            "<tr><td>deployed</td><td>0.8500</td><td>0.7000</td><td>0.2000</td><td>-0.2000</td></tr>") in text
+    # per task: mean working / deployed accuracy over the tasks seen, then params, FLOPs, bytes, budget, seconds
+    assert ("<tr><td>0</td><td>3,1</td><td>0.9000</td><td>0.8000</td><td>1,000</td><td>5,000</td><td>4,000</td>"
+            "<td>400</td><td>500</td><td>1.0</td></tr>") in text
+    assert ("<tr><td>1</td><td>0,2</td><td>0.8000</td><td>0.7000</td><td>1,100</td><td>98,765</td><td>4,400</td>"
+            "<td>4,321</td><td>500</td><td>1.5</td></tr>") in text
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 

@@ -64,14 +64,17 @@ def test_source_has_no_unsafe_deserialisation():
 def test_pickles_are_refused_by_every_loader(tmp_path):
     marker, files = _hostile_files(tmp_path)
     for f in files:
-        with pytest.raises(CompactCLError):
+        unreadable = f"{f.name} is not a readable safetensors file"
+        with pytest.raises(CompactCLError, match=unreadable):
             compactcl.load(f)
-        with pytest.raises(CompactCLError):
+        with pytest.raises(CompactCLError, match=unreadable):
             load_checkpoint(f)
-        with pytest.raises(CompactCLError):
+        with pytest.raises(CompactCLError, match=unreadable):
             compactcl.checkpoint_data(f)
         net = IncrementalNet("mlp", 1, 8, num_classes=2, backbone_kwargs={"hidden": [8]})
-        with pytest.raises(CompactCLError):  # torch.load(weights_only=True) refuses the payload
+        # safetensors refuses its own name; torch.load(weights_only=True) refuses the payload in the rest
+        refused = "Error while deserializing header: header too large" if f.suffix == ".safetensors" else "Weights only load failed"
+        with pytest.raises(CompactCLError, match=f"{f.name}: cannot read weights \\({refused}"):
             load_weights(net, f)
         assert not marker.exists(), f"loading {f.name} ran its payload"
 
@@ -93,7 +96,7 @@ def test_run_folder_with_a_pickle_as_its_final_model_is_refused(tmp_path):
     marker, _ = _hostile_files(tmp_path)
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "working.safetensors").write_bytes(pickle.dumps(Payload(marker)))
-    with pytest.raises(CompactCLError):
+    with pytest.raises(CompactCLError, match="working.safetensors is not a readable safetensors file"):
         compactcl.load(tmp_path / "run")
     assert not marker.exists()
 
@@ -112,28 +115,39 @@ def test_a_header_cannot_name_an_arbitrary_function(tmp_path, factory):
     marker = tmp_path / "PWNED"
     spec = {"kind": "external", "factory": factory, "factory_kwargs": {"file": str(marker), "mode": "w"},
             "head": "fc", "num_classes": 2}
-    with pytest.raises(CompactCLError):
+    # the factory guard's own message: refused because unmarked, not because the call failed later
+    with pytest.raises(CompactCLError, match=f"'{factory}' is not marked as a model factory"):
         compactcl.load(_with_header(tmp_path, spec))
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("spec", [
-    {"kind": "single", "backbone": "cnn", "backbone_kwargs": {"width": 10 ** 7}, "in_channels": 1, "input_size": 8,
-     "num_classes": 2},  # would need terabytes: refused before anything is allocated
-    {"kind": "single", "backbone": "mlp", "backbone_kwargs": {}, "in_channels": 1, "input_size": 8,
-     "num_classes": 10 ** 12},
-    {"kind": "single", "backbone": "cnn", "backbone_kwargs": {"width": -3}, "in_channels": 1, "input_size": 8,
-     "num_classes": 2},
-    {"kind": "der", "backbone": "cnn", "in_channels": 1, "input_size": 8, "num_classes": 2, "branches": "x"},
-    {"kind": "single", "backbone": "no-such-net", "in_channels": 1, "input_size": 8, "num_classes": 2},
-    {"kind": "single", "unexpected": 1},
-    {"kind": "alien"},
-    "not a dict",
-    None,
+_SHAPE_GUARD = r"weights do not match the model spec \(missing \['backbone"  # the meta-device build vs the file
+_COUNT_GUARD = r"which its weights cannot back \(at most \d+\); the header is corrupted or crafted"
+_CANNOT_BUILD = "its model spec cannot be built"
+_NO_SPEC = "its header has no valid model spec"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"kind": "single", "backbone": "cnn", "backbone_kwargs": {"width": 10 ** 7}, "in_channels": 1, "input_size": 8,
+      "num_classes": 2}, _SHAPE_GUARD),  # would need terabytes: refused before anything is allocated
+    ({"kind": "single", "backbone": "mlp", "backbone_kwargs": {}, "in_channels": 1, "input_size": 8,
+      "num_classes": 10 ** 12}, "num_classes=1000000000000, " + _COUNT_GUARD),
+    ({"kind": "single", "backbone": "cnn", "backbone_kwargs": {"width": -3}, "in_channels": 1, "input_size": 8,
+      "num_classes": 2}, _CANNOT_BUILD + r" \(RuntimeError: .*negative dimension"),
+    ({"kind": "der", "backbone": "cnn", "in_channels": 1, "input_size": 8, "num_classes": 2, "branches": "x"},
+     "branches='x', " + _COUNT_GUARD),
+    ({"kind": "single", "backbone": "no-such-net", "in_channels": 1, "input_size": 8, "num_classes": 2},
+     _CANNOT_BUILD + r" \(KeyError: .*unknown backbone 'no-such-net'"),
+    ({"kind": "single", "unexpected": 1}, _CANNOT_BUILD + r" \(TypeError: .*unexpected keyword argument 'unexpected'"),
+    ({"kind": "alien"}, "unknown model kind 'alien'"),
+    ("not a dict", _NO_SPEC),
+    (None, _NO_SPEC),
 ], ids=["huge-width", "huge-head", "negative-width", "bad-branches", "unknown-backbone", "unknown-key",
         "unknown-kind", "string", "none"])
-def test_crafted_specs_are_refused_cleanly(tmp_path, spec):
-    with pytest.raises(CompactCLError):
+def test_crafted_specs_are_refused_cleanly(tmp_path, spec, message):
+    """Each is refused by the check meant for it (counts vs the saved tensors, the meta-device build against the
+    file's shapes, the spec's own shape)."""
+    with pytest.raises(CompactCLError, match=message):
         compactcl.load(_with_header(tmp_path, spec))
 
 
