@@ -91,3 +91,13 @@ def test_alias_bomb_is_refused_without_expanding(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text("version: 1\ndata: &d {dataset: digits, tasks: 5}\nmodel: {backbone: cnn, options: {width: 8}}\n")
     assert load_recipe(str(ok)).model.options == {"width": 8}
+
+
+def test_a_ladder_recipe_refuses_sections_it_would_ignore():
+    from compactcl import CompactCLError
+
+    with pytest.raises(CompactCLError, match="does not use learner, memory; remove them"):
+        load_recipe("ladder", ["learner.epochs=3", "memory.size=5"])
+    with pytest.raises(CompactCLError, match="does not use compress; remove it"):
+        load_recipe("ladder", ["compress.steps=[]"])
+    assert load_recipe("ladder").ladder is not None  # the built-in one sets none of them

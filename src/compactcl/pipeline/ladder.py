@@ -51,20 +51,6 @@ STAGES = ("teacher", "teacher-int8", "teacher-pruned", "student", "student-prune
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _kd(teacher: "nn.Module", temperature: float, alpha: float):
-    """Fine-tuning loss: hard labels + the fp32 teacher's soft targets."""
-    import torch
-
-    from ..engine.losses import kd_ce_loss
-
-    def loss(model: "nn.Module", x: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
-        with torch.no_grad():
-            t = teacher(x)
-        return kd_ce_loss(model(x), t, y, temperature, alpha)
-
-    return loss
-
-
 def _logits(model: "nn.Module", x: "torch.Tensor", batch_size: int = 512):
     import torch
 
@@ -174,6 +160,7 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
     from ..compress.quantize import LinearQuantConfig, QATConfig, config_for, get_method, qat_, quantize_
     from ..errors import CompactCLError
     from ..engine.loop import TrainConfig, train
+    from ..engine.losses import ce_loss, teacher_kd_loss
     from ..models.backbones import list_backbones
     from ..models.checkpoint import load_checkpoint, save_checkpoint
     from ..models.net import IncrementalNet
@@ -213,8 +200,6 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
     tc = lambda epochs, lr, seed_offset=0: TrainConfig(  # noqa: E731
         epochs=epochs, lr=lr, batch_size=cfg.batch_size, device=device, seed=recipe.seed + seed_offset,
         progress=progress)
-    from ..compress.prune.api import cross_entropy
-
     rows: list[dict[str, Any]] = []
 
     # (1) teacher, fp32
@@ -233,7 +218,7 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
     def train_teacher() -> "nn.Module":
         net = IncrementalNet(recipe.model.backbone, ds.in_channels, ds.input_size, n_classes,
                              recipe.model.options).to(device)
-        train(net, train_data, cross_entropy, tc(cfg.teacher_epochs, cfg.lr), desc="teacher")
+        train(net, train_data, ce_loss, tc(cfg.teacher_epochs, cfg.lr), desc="teacher")
         return net
 
     teacher = trained_once("teacher.safetensors", train_teacher).cpu().eval()
@@ -255,7 +240,7 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
            PruneData(input_shape=input_shape, train=train_data, val=task.val))
     if cfg.finetune_epochs:
         finetune_(pruned, train_data, tc(cfg.finetune_epochs, cfg.finetune_lr, 1),
-                  _kd(frozen.to(device), cfg.temperature, cfg.alpha))
+                  teacher_kd_loss(frozen.to(device), cfg.temperature, cfg.alpha))
     pruned = quantize_(finalize_(pruned).cpu(), LinearQuantConfig(bits=8, per_channel=True))
     rows.append(m.row(3, STAGES[2], pruned, True, time.perf_counter() - t0,
                       f"{cfg.prune_ratio:.0%} channels removed (round_to={cfg.round_to}), "
@@ -280,7 +265,7 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
     # (5) the student pruned (structured) + quantized with QAT — the final rung
     t0 = time.perf_counter()
     final = copy.deepcopy(student).to(device)
-    kd = _kd(frozen.to(device), cfg.temperature, cfg.alpha)
+    kd = teacher_kd_loss(frozen.to(device), cfg.temperature, cfg.alpha)
     if cfg.final_prune_ratio > 0:
         prune_(final, StructuredConfig(ratio=cfg.final_prune_ratio, importance=cfg.importance, round_to=cfg.round_to),
                PruneData(input_shape=input_shape, train=train_data, val=task.val))
@@ -292,8 +277,8 @@ def run_ladder(recipe: "Recipe", out: str | Path, resume: bool = False, progress
     qcfg = config_for(cfg.final_quant, cfg.final_bits, **extra)
     if cfg.qat_epochs:
         qat_(final, qcfg, train_data, QATConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, batch_size=cfg.batch_size,
-                                                seed=recipe.seed + 4), loss_fn=_kd(frozen.cpu(), cfg.temperature,
-                                                                                   cfg.alpha))
+                                                seed=recipe.seed + 4),
+             loss_fn=teacher_kd_loss(frozen.cpu(), cfg.temperature, cfg.alpha))
     else:
         quantize_(final, qcfg)
     if cfg.final_onnx == "fp32":

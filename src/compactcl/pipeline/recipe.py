@@ -110,6 +110,19 @@ class Recipe(_Strict):
         return _learner_section(v)
 
     @model_validator(mode="after")
+    def _ladder_takes_no_task_sections(self) -> "Recipe":
+        # the ladder trains one plain classifier and builds its own rungs: these sections would be ignored
+        # (compared with the defaults, not with what was typed: a recipe.yaml written by a run spells every key)
+        ignored = [name for name, unused in (("learner", self.learner != _learner_section({})),
+                                             ("memory", self.memory != MemoryConfig()),
+                                             ("compress", self.compress is not None)) if unused] if self.ladder else []
+        if ignored:
+            raise ValueError(f"a ladder: recipe trains its own teacher and rungs and does not use "
+                             f"{', '.join(ignored)}; remove {'them' if len(ignored) > 1 else 'it'} (the ladder's "
+                             "own keys are under ladder:)")
+        return self
+
+    @model_validator(mode="after")
     def _learner_takes_backbone(self) -> "Recipe":
         from ..learners import learner_class
 
@@ -133,7 +146,7 @@ def _format_errors(err: ValidationError, source: str, raw: dict[str, Any] | None
             lines.append(f"unknown key {key!r}; allowed here: {', '.join(parent)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}: {msg} (got {e.get('input')!r})")
+            lines.append(f"{key}: {msg}" + (f" (got {e.get('input')!r})" if e["loc"] else ""))
     return f"invalid recipe {source}:\n  " + "\n  ".join(lines)
 
 
