@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("tensorboard")
 
 from compactcl.errors import CompactCLError  # noqa: E402
-from compactcl.logging.tensorboard import TensorBoardLogger, accuracy_matrix, heatmap_image  # noqa: E402
+from compactcl.report.tensorboard import TensorBoardLogger, accuracy_matrix, heatmap_image  # noqa: E402
 
 ROWS = [
     {"index": 0, "classes": [3, 7], "accuracy": {"working": [0.98], "deployed": [0.96]},

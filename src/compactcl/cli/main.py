@@ -16,13 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compactcl", description="Class-incremental learning that stays small.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"compactcl.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"compactcl.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"compactcl.cli.{name}").add_parser(sub)
     return parser
 
 

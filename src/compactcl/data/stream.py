@@ -40,9 +40,6 @@ class Stream:
     def __iter__(self):
         return iter(self.tasks)
 
-    def seen_labels(self, upto: int) -> list[int]:
-        return [label for t in self.tasks[: upto + 1] for label in t.labels]
-
 
 def _task_sizes(num_classes: int, tasks: int, classes_per_task: int | None, first_task_classes: int | None) -> list[int]:
     if tasks < 1:

@@ -260,7 +260,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
 
     tb = None
     if recipe.log.tensorboard:
-        from ..logging.tensorboard import TensorBoardLogger, accuracy_matrix
+        from ..report.tensorboard import TensorBoardLogger, accuracy_matrix
 
         tb = TensorBoardLogger(out)
     tasks_bar = _bar(len(stream), len(rows), progress)

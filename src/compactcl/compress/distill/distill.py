@@ -105,7 +105,7 @@ class DistillConfig:
                            schedule=self.schedule, device=self.device, seed=self.seed, progress=self.progress)
 
 
-class _Tap:
+class _OutputsWithHints:
     """Runs a model once and returns its logits plus the named intermediate outputs."""
 
     def __init__(self, model: nn.Module, names: list[str], role: str):
@@ -142,7 +142,7 @@ class _Tap:
             h.remove()
 
 
-class _Pupil(nn.Module):
+class _StudentWithAdapters(nn.Module):
     """Student + hint adapters in one module, so the shared loop optimises both."""
 
     def __init__(self, student: nn.Module, adapters: list[nn.Module]):
@@ -152,7 +152,7 @@ class _Pupil(nn.Module):
 
 
 @torch.no_grad()
-def _teacher_outputs(tap: _Tap, x: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _teacher_outputs(tap: _OutputsWithHints, x: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, list[torch.Tensor]]:
     logits, hints = [], []
     for i in range(0, len(x), batch_size):
         lg, hs = tap(x[i: i + batch_size])
@@ -179,8 +179,8 @@ def distill(teacher: nn.Module, student: nn.Module, data: TensorData, config: Di
     teacher_was_training = teacher.training
     teacher.to(device).eval()
     student.to(device)
-    s_tap = _Tap(student, [s for s, _ in cfg.hints], "student")
-    t_tap = _Tap(teacher, [t for _, t in cfg.hints], "teacher")
+    s_tap = _OutputsWithHints(student, [s for s, _ in cfg.hints], "student")
+    t_tap = _OutputsWithHints(teacher, [t for _, t in cfg.hints], "teacher")
     try:
         # One probe batch: check the class counts and size the adapters before training starts.
         probe = data.x[: min(len(data), 2)].to(device)
@@ -194,7 +194,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: TensorData, config: Di
         with torch.random.fork_rng(devices=[]):  # seeded adapters without touching the caller's RNG
             torch.manual_seed(cfg.seed)
             adapters = [make_adapter(s.shape, t.shape).to(device) for s, t in zip(s_hints, t_hints)]
-        pupil = _Pupil(student, adapters)
+        pupil = _StudentWithAdapters(student, adapters)
 
         n_hint_values = sum(t[0].numel() for t in t_hints)
         cache = cfg.cache_teacher and len(data) * (t_logits.shape[1] + n_hint_values) * 4 <= _MAX_CACHE_BYTES
