@@ -168,7 +168,7 @@ def _prune(model: nn.Module, teacher: nn.Module, step: PruneStep, data: TensorDa
         m = copy.deepcopy(model)
         if ratio <= 0:
             return m
-        kwargs = {"round_to": step.round_to} if step.method == "structured" and step.round_to else {}
+        kwargs = {"round_to": step.round_to} if step.round_to else {}  # a method without channels refuses it
         tc = TrainConfig(epochs=step.finetune_epochs or 1, lr=step.lr, device=device, seed=seed)
         prune_(m, config_for(step.method, ratio, **kwargs),
                PruneData(input_shape=tuple(input_shape), train=data, val=val, train_cfg=tc))

@@ -37,7 +37,7 @@ class DistillStep(_Strict):
 
 
 class PruneStep(_Strict):
-    method: Literal["structured", "magnitude", "l1", "sensitivity"] = "structured"
+    method: str = "structured"  # a registered pruning method: compactcl.compress.prune.list_methods()
     ratio: float | Literal["auto"] = 0.3
     round_to: int | None = Field(None, ge=1)
     # The deploy data are exemplars + a capped share of the new task (a few hundred images on digits):
@@ -48,10 +48,27 @@ class PruneStep(_Strict):
     alpha: float = Field(0.5, ge=0, le=1)
     choices: list[float] = Field(default_factory=lambda: [0.7, 0.5, 0.3, 0.1])  # tried by ratio: auto
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from ..compress.prune import list_methods
+
+        if v not in list_methods():
+            raise ValueError(f"prune method {v!r} unknown; choose one of {', '.join(list_methods())}")
+        return v
+
     @model_validator(mode="after")
     def _ratio_range(self) -> "PruneStep":
         if self.ratio != "auto" and not 0 <= float(self.ratio) < 1:
             raise ValueError(f"prune ratio must be in [0, 1) or 'auto', got {self.ratio}")
+        if self.round_to is not None:  # the method's own config says whether it has channels to round
+            from ..compress.prune import config_for
+            from ..errors import CompactCLError
+
+            try:
+                config_for(self.method, 0.5, round_to=self.round_to)
+            except CompactCLError as e:
+                raise ValueError(str(e)) from None
         return self
 
 

@@ -12,7 +12,7 @@ fine-tuning) and :func:`finalize_` (masks baked in: a plain model to save or exp
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace, fields
 from typing import Any, Callable
 
 import torch
@@ -171,6 +171,10 @@ def config_for(method: str, ratio: float, **kwargs: Any) -> PruneConfig:
     """The config of method ``method`` (the CLI's --method) with ``ratio`` and options."""
     for cfg_type, (name, _) in PRUNERS.items():
         if name == method:
+            unknown = sorted(set(kwargs) - {f.name for f in fields(cfg_type)})
+            if unknown:
+                raise CompactCLError(f"pruning method {method!r} does not take {', '.join(unknown)}; drop it or "
+                                     f"pick a method that does")
             return cfg_type(ratio=ratio, **kwargs)
     raise CompactCLError(f"unknown pruning method {method!r}; choose one of {', '.join(list_methods())}")
 
