@@ -14,11 +14,28 @@ def test_deploy_data_is_class_balanced(digits):
     memory = ExemplarMemory(40, "random")
     memory.update(model, stream.tasks[0].train)
     memory.update(model, stream.tasks[1].train)  # 4 classes seen: 10 exemplars each
-    data = deploy_data(stream.tasks[1], memory, balance=2.0, seed=0)
+    data = deploy_data(stream.tasks[1], memory.data(), memory, balance=2.0, seed=0)
     counts = {int(c): int((data.y == c).sum()) for c in data.y.unique()}
     assert counts == {0: 10, 1: 10, 2: 20, 3: 20}  # old: their exemplars; new: capped at 2 x 10
-    everything = deploy_data(stream.tasks[1], memory, balance=None, seed=0)
-    assert len(everything) == len(stream.tasks[1].train) + len(memory)
+    everything = deploy_data(stream.tasks[1], memory.data(), memory, balance=None, seed=0)
+    assert len(everything) == len(stream.tasks[1].train) + 20  # the whole new task + the old classes' exemplars
+
+
+def test_deploy_data_is_what_the_learner_keeps(digits):
+    from compactcl.data import TensorData
+
+    stream = class_incremental(digits, tasks=5, seed=0)
+    t0, t1 = stream.tasks[0], stream.tasks[1]
+    # a memory-less learner keeps nothing: the deployed model sees the new task only
+    assert deploy_data(t1, None, ExemplarMemory(0), balance=2.0, seed=0) is t1.train
+    # joint keeps everything: every old image, and each new class capped at 2 x an old class's count
+    data = deploy_data(t1, TensorData.cat([t0.train, t1.train]), ExemplarMemory(0), balance=2.0, seed=0)
+    counts = {int(c): int((data.y == c).sum()) for c in data.y.unique()}
+    old = {c: int((t0.train.y == c).sum()) for c in t0.labels}
+    assert {c: counts[c] for c in t0.labels} == old
+    assert all(counts[c] == int((t1.train.y == c).sum()) for c in t1.labels)  # 2 x ~145 > what a class has
+    # the first task of a joint learner: all of it
+    assert len(deploy_data(t0, t0.train, ExemplarMemory(0), balance=2.0, seed=0)) == len(t0.train)
 
 
 def test_budget_is_a_fraction_of_one_backbone_with_a_head():
@@ -97,3 +114,35 @@ def test_pruning_in_the_deployer_recovers_with_the_default_finetune(tmp_path):
         distilled, pruned = (task["deploy"]["steps"][i][k]["val_accuracy"] for i, k in ((0, "distill"), (1, "prune")))
         assert pruned >= distilled - 0.05
     assert doc["summary"]["deployed"]["final_accuracy"] >= 0.95
+
+
+def test_quality_warnings_name_the_drop_chance_and_a_learner_without_data(digits, tmp_path):
+    from compactcl.pipeline.compress import quality_warnings
+    from compactcl.pipeline.deploy import DeployContext
+
+    stream = class_incremental(digits, tasks=5, seed=0)
+    ctx = DeployContext(task=stream.tasks[1], seen=stream.tasks[:2], memory=ExemplarMemory(0), kept=digits.train,
+                        meta={}, input_shape=(1, 8, 8), task_dir=tmp_path, device="cpu", seed=0, learner="icarl")
+    assert quality_warnings(ctx, 0.90, 0.95, 4, 0.10) == []
+    (drop,) = quality_warnings(ctx, 0.80, 0.95, 4, 0.10)
+    assert "15.0% below the working model" in drop and "distill epochs" in drop
+    assert len(quality_warnings(ctx, 0.30, 0.95, 4, 0.10)) == 2  # a drop and near chance (< 1.5 / 4)
+    memoryless = DeployContext(**{**ctx.__dict__, "kept": None, "learner": "lwf"})
+    assert "learner 'lwf' keeps no data of earlier tasks" in quality_warnings(memoryless, 0.9, 0.9, 4, 0.1)[0]
+
+
+def test_an_undertrained_deploy_warns_on_the_console_and_in_metrics(tmp_path, capsys):
+    from pathlib import Path
+
+    from compactcl.cli.main import main
+
+    recipe = Path(__file__).parent / "data" / "tiny-compressed.yaml"
+    args = ["run", str(recipe), "--no-progress", "--out", str(tmp_path / "run"), "--set", "data.tasks=2",
+            "--set", "learner.name=finetune", "--set", "export.int8=false"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "warning: task 1: learner 'finetune' keeps no data of earlier tasks" in out
+    import json
+
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["tasks"]
+    assert any("keeps no data" in w for w in rows[1]["deploy"]["warnings"])

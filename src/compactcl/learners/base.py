@@ -140,6 +140,11 @@ class Learner:
         state.seen_labels = state.seen_labels + list(task.labels)
         return state, old
 
+    def kept_data(self, state: LearnerState) -> TensorData | None:
+        """The data this learner keeps after a task — all a deployed model may train on besides the new
+        task's: its exemplars when it has a memory; None when it keeps nothing of past tasks."""
+        return state.memory.data() if self.uses_memory else None
+
     @staticmethod
     def with_memory(state: LearnerState, data: TensorData) -> TensorData:
         mem = state.memory.data()

@@ -22,6 +22,9 @@ class Joint(Learner):
         self.train_on(state, task, TensorData.cat(state.archive), ce_loss)
         return state
 
+    def kept_data(self, state: LearnerState) -> TensorData | None:
+        return TensorData.cat(state.archive) if state.archive else None  # everything it has seen
+
     def adopt_task(self, state: LearnerState, task: Task, model: nn.Module) -> LearnerState:
         state = super().adopt_task(state, task, model)
         state.archive = state.archive + [task.train]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import TensorData
+from ..data.memory import ExemplarMemory
 from ..data.stream import Task
 from ..errors import CompactCLError
 from ..engine.loop import TrainConfig, accuracy, train
@@ -36,7 +37,7 @@ from ..models.protocol import IncrementalModel
 from .config import Budget, CompressConfig, DistillStep, PruneStep, QuantizeStep
 from .deploy import DeployContext, Deployed, Deployer
 
-__all__ = ["CompressDeployer", "budget_bytes", "deploy_data"]
+__all__ = ["CompressDeployer", "budget_bytes", "deploy_data", "quality_warnings"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,22 +53,49 @@ def budget_bytes(budget: Budget, working: IncrementalModel) -> int | None:
     return int(4 * working.single_params() * budget.fraction_of_backbone)
 
 
-def deploy_data(task: Task, memory, balance: float | None, seed: int) -> TensorData:
-    """What the deployed model may train on: exemplars of every class seen + a capped share of the new task.
-
-    The memory was already updated with the new classes' exemplars when this runs.
-    """
-    mem = memory.data()
-    if balance is None or mem is None:
-        return TensorData.cat([task.train] + ([mem] if mem is not None else []))
-    per_class = max(1, int(balance * memory.size / max(1, len(memory.x))))
+def deploy_data(task: Task, kept: TensorData | None, memory: ExemplarMemory, balance: float | None,
+                seed: int) -> TensorData:
+    """What the deployed model may train on: what the learner keeps of the tasks so far (``kept``:
+    exemplars, everything for joint training, nothing for memory-less learners) + the new task's data,
+    class-balanced: every old class as kept, each new class capped at ``balance`` x the images an old
+    class has (exemplars per class when the learner has a memory)."""
+    if kept is None:  # a memory-less learner: the new task only (and the working model's outputs)
+        return task.train
+    old = kept.subset(torch.nonzero(~torch.isin(kept.y, torch.tensor(task.labels))).flatten())
+    if balance is None:
+        return TensorData.cat([task.train, old])
+    if memory.x:  # exemplars per class seen (the memory already holds this task's classes)
+        per_class = max(1, int(balance * memory.size / len(memory.x)))
+    else:  # everything kept (joint): as many as an old class has on average; the first task takes all
+        n_old = len(torch.unique(old.y))
+        per_class = max(1, int(balance * len(old) / n_old)) if n_old else len(task.train)
     gen = torch.Generator().manual_seed(seed)
-    old = mem.subset(torch.nonzero(~torch.isin(mem.y, torch.tensor(task.labels))).flatten())
     new = []
     for label in task.labels:
         idx = torch.nonzero(task.train.y == label).flatten()
         new.append(task.train.subset(idx[torch.randperm(len(idx), generator=gen)[:per_class]]))
     return TensorData.cat([old, *new])
+
+
+def quality_warnings(ctx: DeployContext, val_accuracy: float, working_val_accuracy: float, num_classes: int,
+                     warn_drop: float) -> list[str]:
+    """Why the deployed model may not be what a user expects, with the likely fixes."""
+    out = []
+    if ctx.kept is None:
+        out.append(f"learner {ctx.learner!r} keeps no data of earlier tasks, so the deployed model trains on this "
+                   "task's images and the working model's outputs only and will forget earlier classes; use a "
+                   "learner with a memory (icarl, der, replay) for a deployed model that remembers")
+    drop = working_val_accuracy - val_accuracy
+    causes = ("likely causes: too few distill epochs (compress.steps[].distill.epochs), a student too small for "
+              "the task (distill options, compress.budget), too little data for old classes (compress.balance, "
+              "memory.size)")
+    if drop > warn_drop:
+        out.append(f"the deployed model is {drop:.1%} below the working model on validation ({val_accuracy:.3f} vs "
+                   f"{working_val_accuracy:.3f}, compress.warn_drop={warn_drop}); {causes}")
+    if num_classes > 1 and val_accuracy < 1.5 / num_classes:
+        out.append(f"the deployed model is near chance on validation ({val_accuracy:.3f} over {num_classes} "
+                   f"classes); {causes}")
+    return out
 
 
 class CompressDeployer(Deployer):
@@ -100,7 +128,7 @@ class CompressDeployer(Deployer):
         config, task, device = self.config, ctx.task, ctx.device
         seed = ctx.seed + task.index
         teacher = copy.deepcopy(working).eval().requires_grad_(False)
-        data = deploy_data(task, ctx.memory, config.balance, seed)
+        data = deploy_data(task, ctx.kept, ctx.memory, config.balance, seed)
         val = ctx.seen_val()
         limit = budget_bytes(config.budget, working)
         report: dict[str, Any] = {"budget_bytes": limit, "steps": []}
@@ -122,6 +150,8 @@ class CompressDeployer(Deployer):
         nbytes = save_artifact(model, path, ctx.meta)
         report.update({"bytes": nbytes, "val_accuracy": accuracy(model, val),
                        "teacher_val_accuracy": accuracy(teacher, val)})
+        report["warnings"] = quality_warnings(ctx, report["val_accuracy"], report["teacher_val_accuracy"],
+                                              working.num_classes, config.warn_drop)
         if limit is not None:
             report["within_budget"] = nbytes <= limit
             if nbytes > limit:

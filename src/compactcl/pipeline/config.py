@@ -109,6 +109,9 @@ class CompressConfig(_Strict):
     # class. Without it the new task's data swamps the old classes and the student forgets them.
     # null: the task's data + the memory, unbalanced.
     balance: float | None = Field(2.0, gt=0)
+    # After each task: warn (console, metrics.json, report) when the deployed model is more than this
+    # below the working model on validation, or near chance.
+    warn_drop: float = Field(0.10, ge=0, le=1)
     steps: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -38,12 +38,14 @@ class DeployContext:
 
     task: Task
     seen: list[Task]  # every task so far, this one last: validation for choices, test for export checks
-    memory: ExemplarMemory  # what the learner keeps, already updated with this task's exemplars
+    memory: ExemplarMemory  # the learner's exemplar memory, already updated with this task's exemplars
+    kept: TensorData | None  # all the learner keeps of the tasks so far (Learner.kept_data); None: nothing
     meta: dict[str, Any]  # header metadata for every file written for this task (stream, classes, recipe)
     input_shape: tuple[int, int, int]  # (C, H, W)
     task_dir: Path  # RUN/tasks/NN: the only folder a deployer writes to
     device: str  # the run's device: training steps run there; ONNX export and latency on the CPU
     seed: int  # the recipe's seed
+    learner: str = ""  # its name, for messages
 
     def seen_val(self) -> TensorData:
         return TensorData.cat([t.val for t in self.seen])

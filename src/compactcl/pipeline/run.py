@@ -279,8 +279,9 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             meta = {"stream": meta_stream, "task": task.index, "labels": state.seen_labels,
                     "classes": [stream.class_order[i] for i in state.seen_labels], "recipe": recipe.name}
             working_bytes = save_checkpoint(state.model, task_dir / "working.safetensors", meta)
-            ctx = DeployContext(task=task, seen=stream.tasks[: task.index + 1], memory=state.memory, meta=meta,
-                                input_shape=input_shape, task_dir=task_dir, device=device, seed=recipe.seed)
+            ctx = DeployContext(task=task, seen=stream.tasks[: task.index + 1], memory=state.memory,
+                                kept=learner.kept_data(state), meta=meta, input_shape=input_shape,
+                                task_dir=task_dir, device=device, seed=recipe.seed, learner=learner.name)
             t1 = time.perf_counter()
             # The deployer's random draws (student init, calibration picks) stay out of the
             # learner's stream: adding a compress section must not change the working model.
@@ -288,6 +289,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                 result = deployer.deploy(state.model, ctx)
             deployed, deployed_path, extra = result.model, result.path, result.report
             deploy_seconds = time.perf_counter() - t1
+            for warning in extra.get("warnings", ()):
+                log(f"warning: task {task.index}: {warning}")
             scores = _score(state.model, deployed, stream.tasks[: task.index + 1], state.means())
             previous = out / "tasks" / f"{task.index - 1:02d}" / deployed_path.name
             update = update_size(previous.read_bytes() if previous.exists() else None, deployed_path.read_bytes())
