@@ -55,3 +55,16 @@ def test_empty_run_has_nothing_to_report():
     doc["tasks"] = []
     with pytest.raises(CompactCLError, match="no finished task"):
         build_report(doc)
+
+
+def test_report_shows_the_deploy_warnings_first():
+    from compactcl.report.html import build_report
+
+    row = {"index": 0, "classes": [0, 1], "accuracy": {"working": [0.9], "deployed": [0.5]},
+           "bytes": {"fp32": 100, "deployed": 10}, "params": 25, "flops": 50, "seconds": 1.0,
+           "deploy": {"warnings": ["the deployed model is near chance <check>"]}}
+    summary = {m: {"average_incremental_accuracy": 0.5, "final_accuracy": 0.5, "forgetting": 0.0, "bwt": 0.0}
+               for m in ("working", "deployed")}
+    page = build_report({"recipe": {"name": "r"}, "tasks": [row], "summary": summary})
+    assert page.index("Warnings") < page.index("At a glance")
+    assert "task 0: the deployed model is near chance &lt;check&gt;" in page

@@ -96,6 +96,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>")
 
 
+def _warnings(rows: list[dict[str, Any]]) -> str:
+    """The deploy step's quality warnings, first thing a reader sees when there are any."""
+    items = [f"<li>task {r['index']}: {html.escape(w)}</li>" for r in rows for w in r.get("deploy", {}).get("warnings", [])]
+    return f'<h2 class="warn">Warnings</h2><ul class="warn">{"".join(items)}</ul>' if items else ""
+
+
 def build_report(doc: dict[str, Any], baselines: dict[str, list[float]] | None = None) -> str:
     """HTML text for a metrics.json document (``baselines``: name -> mean accuracy per task)."""
     rows = doc.get("tasks") or []
@@ -113,10 +119,11 @@ def build_report(doc: dict[str, Any], baselines: dict[str, list[float]] | None =
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
-th{{background:#f3f3f3}}img{{max-width:100%}}.note{{color:#555}}</style></head><body>
+th{{background:#f3f3f3}}img{{max-width:100%}}.note{{color:#555}}.warn{{color:#a40000}}</style></head><body>
 <h1>{title}</h1>
 <p class="note">schema {html.escape(doc.get('schema', ''))}; status {html.escape(doc.get('status', ''))};
 {html.escape(doc.get('deployed_note', ''))}</p>
+{_warnings(rows)}
 <h2>At a glance</h2>
 <p>After {len(rows)} tasks the deployed model scores <b>{s['deployed']['final_accuracy']:.4f}</b>
 (working model {s['working']['final_accuracy']:.4f}) in <b>{last['bytes']['deployed']:,}</b> bytes —
