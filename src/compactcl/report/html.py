@@ -98,7 +98,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _warnings(rows: list[dict[str, Any]]) -> str:
     """The deploy step's quality warnings, first thing a reader sees when there are any."""
-    items = [f"<li>task {r['index']}: {html.escape(w)}</li>" for r in rows for w in r.get("deploy", {}).get("warnings", [])]
+    items = [f"<li>task {r['index']}: {html.escape(w)}</li>"
+             for r in rows for w in r.get("deploy", {}).get("warnings", [])]
     return f'<h2 class="warn">Warnings</h2><ul class="warn">{"".join(items)}</ul>' if items else ""
 
 
