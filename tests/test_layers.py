@@ -8,7 +8,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_import_linter_contracts_are_kept():
-    # layers (cli > pipeline|api > report > export > learners|compress > engine|metrics >
+    # layers (cli > api > pipeline > report > export > learners|compress > engine|metrics >
     # models|data > utils > errors) and no cycle among the modules of any package
     from importlinter.cli import lint_imports
 

@@ -9,13 +9,13 @@ from typing import Any
 from .errors import CompactCLError
 
 __version__ = "0.1.0"
-__all__ = ["load", "checkpoint_data", "CompactCLError", "__version__"]
+__all__ = ["run", "load", "checkpoint_data", "CompactCLError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     # torch loads on first use, not on `import compactcl`: reading a recipe or a metrics.json,
     # `compactcl --help` and `compactcl list` stay light
-    if name in ("load", "checkpoint_data"):
+    if name in ("run", "load", "checkpoint_data"):
         from . import api
 
         return getattr(api, name)

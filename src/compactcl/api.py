@@ -1,18 +1,83 @@
-"""Top-level helpers: load any compactcl file, resolve run folders, get a checkpoint's data."""
+"""The user facade: run a recipe from Python, load any compactcl file, get a checkpoint's data."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import numpy as np
+from torch import nn
 
-from .data.datasets import TensorData, load_dataset
+from .data.datasets import DatasetSplits, TensorData, from_arrays, load_dataset
 from .data.stream import class_incremental
 from .errors import CompactCLError
 from .export.load import check_input, load, resolve_model_path
 from .models.checkpoint import read_header
 
-__all__ = ["load", "resolve_model_path", "checkpoint_data", "check_input"]
+__all__ = ["run", "load", "resolve_model_path", "checkpoint_data", "check_input"]
+
+
+def run(recipe: Any = None, *, data: Any = None, model: nn.Module | None = None, out: str | os.PathLike | None = None,
+        overrides: Sequence[str] = (), resume: bool = False, progress: bool = False,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a recipe — with compression, export and report, exactly as ``compactcl run`` — and return
+    its metrics document (what ``RUN/metrics.json`` holds).
+
+    ``recipe``: a built-in name, a YAML path, a dict or a :class:`~compactcl.pipeline.recipe.Recipe`
+    (None: the default); ``overrides``: ``"key=value"`` strings as ``--set`` takes them
+    (``"compress.steps[0].distill.epochs=5"``). ``data``: :func:`compactcl.data.from_arrays` splits, a
+    folder of class sub-folders, a torch ``Dataset`` of ``(image, label)`` (split 80/20, stratified)
+    or a ``(train, test)`` pair of them; None: the recipe's ``data:``. ``model``: a model from
+    :func:`compactcl.models.from_module` (give it a ``factory`` so checkpoints can be saved) or a
+    built-in one; None: the recipe's ``model:``. ``out``: the run folder (default ``runs/<name>``).
+
+    >>> doc = compactcl.run("default", overrides=["learner.epochs=1"], out="runs/quick")  # doctest: +SKIP
+    """
+    from .pipeline.recipe import Recipe, apply_overrides, load_recipe, validate_recipe
+    from .pipeline.run import run_recipe
+    from .pipeline.stream import IN_MEMORY
+
+    if recipe is None or isinstance(recipe, (str, os.PathLike)):
+        spec = load_recipe(None if recipe is None else str(recipe), list(overrides))
+    elif isinstance(recipe, (dict, Recipe)):
+        raw = recipe.model_dump(mode="json") if isinstance(recipe, Recipe) else recipe
+        spec = validate_recipe(apply_overrides(raw, list(overrides)), "(from Python)")
+    else:
+        raise CompactCLError(f"recipe must be a name, a path, a dict or a Recipe, got {type(recipe).__name__}")
+    dataset = None
+    if isinstance(data, (str, os.PathLike)):
+        spec = spec.set("data.dataset", "folder").set("data.root", str(data))
+    elif data is not None:
+        dataset = data if isinstance(data, DatasetSplits) else _from_torch(data)
+        spec = spec.set("data.dataset", IN_MEMORY)
+    folder = Path(out) if out is not None else Path("runs") / spec.name
+    return run_recipe(spec, folder, resume=resume, progress=progress, log=log, dataset=dataset, model=model)
+
+
+def _from_torch(data: Any) -> DatasetSplits:
+    """A torch Dataset of (image, label) — or a (train, test) pair — as in-memory splits. Images are
+    tensors, arrays or PIL images, (C, H, W) or (H, W), in [0, 1] or 0..255."""
+    def arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+        if not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+            raise CompactCLError(f"data: expected from_arrays(...) splits, a folder, a Dataset of (image, label) or "
+                                 f"a (train, test) pair of them; got {type(ds).__name__}")
+        items = [ds[i] for i in range(len(ds))]
+        if not items:
+            raise CompactCLError("data: the Dataset is empty")
+        x = np.stack([np.asarray(img, dtype=np.float32) for img, _ in items])
+        y = np.asarray([int(label) for _, label in items], dtype=np.int64)
+        return (x / 255.0 if x.max() > 1.0 else x), y
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        (xtr, ytr), (xte, yte) = arrays(data[0]), arrays(data[1])
+    else:
+        from sklearn.model_selection import train_test_split
+
+        x, y = arrays(data)
+        tr, te = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
+        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    return from_arrays(xtr, ytr, xte, yte, name="dataset")
 
 
 def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:

@@ -178,6 +178,13 @@ def from_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any, name: str 
     return _standardize(name, xs[0].astype(np.float32), arrays[1], xs[1].astype(np.float32), arrays[3], class_names)
 
 
+@register_dataset("python")
+def handed_in(root: str | None = None, **options: Any) -> DatasetSplits:
+    """Stands for data handed to ``compactcl.run(..., data=...)``: there is nothing to load by name."""
+    raise CompactCLError("this run's data was handed in from Python (compactcl.run(..., data=...)); there is no "
+                         "file to load it from: pass the same data= again (to resume, too)")
+
+
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 

@@ -7,6 +7,7 @@ any key (the value is parsed as YAML, so ``--set learner.epochs=3`` is an int).
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from ..errors import CompactCLError
 from .config import CompressConfig, LadderConfig
 
-__all__ = ["Recipe", "load_recipe", "list_recipes", "apply_overrides", "RECIPE_VERSION"]
+__all__ = ["Recipe", "load_recipe", "validate_recipe", "list_recipes", "apply_overrides", "set_path", "RECIPE_VERSION"]
 
 RECIPE_VERSION = 1
 
@@ -129,6 +130,17 @@ class Recipe(_Strict):
         learner_class(self.learner.name).check_backbone(self.model.backbone)
         return self
 
+    def set(self, key: str, value: Any) -> "Recipe":
+        """A copy with ``key`` (``learner.epochs``, ``compress.steps[0].distill.epochs``) set to ``value``,
+        validated as a whole (errors name the key, as in a file).
+
+        >>> load_recipe("default").set("compress.steps[0].distill.epochs", 5).compress.steps[0]["distill"].epochs
+        5
+        """
+        raw = self.model_dump(mode="json")
+        set_path(raw, key, value)
+        return validate_recipe(raw, f"(after setting {key})")
+
     @field_validator("version")
     @classmethod
     def _supported(cls, v: int) -> int:
@@ -197,8 +209,47 @@ def _read_source(recipe: str | None) -> tuple[dict[str, Any], str]:
     return raw, source
 
 
+_PATH_PART = re.compile(r"([^.\[\]]+)((?:\[\d+\])*)")
+
+
+def _path(key: str) -> list[str | int]:
+    """``compress.steps[0].distill.epochs`` -> ["compress", "steps", 0, "distill", "epochs"]."""
+    parts: list[str | int] = []
+    for piece in key.strip().split("."):
+        m = _PATH_PART.fullmatch(piece)
+        if m is None:
+            raise CompactCLError(f"--set {key}: {piece!r} is not a key; write keys like a.b[0].c")
+        parts.append(m.group(1))
+        parts.extend(int(i) for i in re.findall(r"\d+", m.group(2)))
+    return parts
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (``a.b[0].c``) in the nested dict ``raw`` in place; sections are created, list
+    items must exist (``steps[1]`` of a one-step list is an error naming the length)."""
+    parts = _path(key)
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = key if last else ".".join(str(p) for p in parts[: depth + 1])
+        if isinstance(part, int):
+            if not isinstance(node, list):
+                raise CompactCLError(f"--set {key}: {where!r} indexes something that is not a list")
+            if not 0 <= part < len(node):
+                raise CompactCLError(f"--set {key}: index {part} is out of range; the list has {len(node)} items")
+        elif not isinstance(node, dict):
+            raise CompactCLError(f"--set {key}: {str(parts[depth - 1])!r} is a value, not a section")
+        elif not last and node.get(part) is None:
+            node[part] = {}
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` strings; values are parsed as YAML scalars/lists."""
+    """Apply ``key.path=value`` strings (``compress.steps[0].distill.epochs=5`` indexes lists); values
+    are parsed as YAML scalars/lists."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -208,16 +259,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise CompactCLError(f"--set {key}: cannot parse value {value!r}: {e}") from e
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise CompactCLError(f"--set {key}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = parsed
+        set_path(raw, key, parsed)
     return raw
 
 
@@ -241,16 +283,24 @@ def _expanded_size(obj: Any, memo: dict[int, int], limit: int) -> int:
     return total
 
 
-def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe (path, built-in name, or None for the default), apply overrides, validate."""
-    raw, source = _read_source(recipe)
-    raw = apply_overrides(raw, overrides or [])
+def validate_recipe(raw: dict[str, Any], source: str = "(dict)") -> Recipe:
+    """A recipe from a plain dict (as YAML gives it), validated; errors name the key."""
+    if not isinstance(raw, dict):
+        raise CompactCLError(f"recipe {source} must be a mapping of keys (data:, model:, learner: ...), "
+                             f"got {type(raw).__name__}")
     if _expanded_size(raw, {}, MAX_RECIPE_NODES) > MAX_RECIPE_NODES:
         raise CompactCLError(f"recipe {source} holds more than {MAX_RECIPE_NODES:,} values once its YAML aliases "
                              "(*name) are expanded; write the options out instead of nesting aliases")
-    if "name" not in raw and recipe is not None:
-        raw["name"] = Path(recipe).stem
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         raise CompactCLError(_format_errors(e, source, raw)) from None
+
+
+def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (path, built-in name, or None for the default), apply overrides, validate."""
+    raw, source = _read_source(recipe)
+    raw = apply_overrides(raw, overrides or [])
+    if "name" not in raw and recipe is not None:
+        raw["name"] = Path(recipe).stem
+    return validate_recipe(raw, source)

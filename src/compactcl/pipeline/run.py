@@ -27,6 +27,7 @@ import yaml
 from safetensors.torch import load_file, save as st_save
 from torch import nn
 
+from ..data.datasets import DatasetSplits
 from ..data.memory import ExemplarMemory
 from ..data.stream import Stream, Task
 from ..errors import CompactCLError
@@ -59,6 +60,23 @@ def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
         return net
     _check_model_options(recipe, ds.in_channels, ds.input_size)
     return learner_class(recipe.learner.name).build_model(m.backbone, ds.in_channels, ds.input_size, m.options)
+
+
+def given_model(recipe: Recipe, model: nn.Module) -> nn.Module:
+    """A model handed in from Python, checked to be one the learner can grow, its head emptied (the run
+    adds the classes of each task)."""
+    from ..models.external import from_module
+    from ..models.protocol import IncrementalModel, empty_linear
+
+    if not isinstance(model, IncrementalModel):
+        model = from_module(model)  # a plain nn.Module: its last nn.Linear is the head (no factory: not saveable)
+    network = learner_class(recipe.learner.name).network
+    if model.grows_branches != network.grows_branches:
+        raise CompactCLError(f"learner {recipe.learner.name!r} grows a {network.__name__}; the model handed in is a "
+                             f"{type(model).__name__} — build it with that learner's network, or pick another learner")
+    if model.num_classes:
+        model.head = empty_linear(model.head.in_features, 0)
+    return model
 
 
 def first_task_model(recipe: Recipe, stream: Stream) -> nn.Module:
@@ -184,8 +202,14 @@ def _metrics_doc(recipe: Recipe, stream: Stream, rows: list[dict[str, Any]], sta
 
 
 def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True,
-               deployer: "Deployer | None" = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``recipe`` into folder ``out`` and return the metrics document (metrics.json)."""
+               deployer: "Deployer | None" = None, log: Callable[[str], None] = print, *,
+               dataset: DatasetSplits | None = None, model: nn.Module | None = None) -> dict[str, Any]:
+    """Run ``recipe`` into folder ``out`` and return the metrics document (metrics.json).
+
+    ``dataset`` replaces the recipe's ``data.dataset`` (in-memory data from Python); ``model``
+    (an :class:`~compactcl.models.protocol.IncrementalModel`, e.g. ``from_module(...)``) replaces the
+    model the recipe's ``model:`` section would build — its head is emptied: the run grows it task by task.
+    """
     if recipe.ladder is not None:
         from .ladder import run_ladder
 
@@ -194,11 +218,19 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
         return run_ladder(recipe, out, resume=resume, progress=progress, log=log)
     out = Path(out)
     if dist.maybe_init(recipe.device) and not dist.is_main():
-        return _follow(recipe, out, resume, deployer)
-    return _run(recipe, out, resume, progress, deployer, log)
+        return _follow(recipe, out, resume, deployer, _Given(dataset, model))
+    return _run(recipe, out, resume, progress, deployer, log, _Given(dataset, model))
 
 
-def _follow(recipe: Recipe, out: Path, resume: bool, deployer: Deployer | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Given:
+    """What a Python caller handed in instead of the recipe's data and model sections."""
+
+    dataset: DatasetSplits | None = None
+    model: nn.Module | None = None
+
+
+def _follow(recipe: Recipe, out: Path, resume: bool, deployer: Deployer | None, given: _Given) -> dict[str, Any]:
     """Ranks > 0 under torchrun: the same run, step for step (DDP needs every rank in every
     training step), but into a private scratch copy of ``out`` that is deleted afterwards —
     rank 0 alone writes the run folder. Copying ``out`` first makes resume (and the refusal
@@ -207,13 +239,13 @@ def _follow(recipe: Recipe, out: Path, resume: bool, deployer: Deployer | None) 
     try:
         if out.is_dir():
             shutil.copytree(out, scratch, dirs_exist_ok=True)
-        return _run(recipe, scratch, resume, False, deployer, lambda _msg: None)
+        return _run(recipe, scratch, resume, False, deployer, lambda _msg: None, given)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Deployer | None,
-         log: Callable[[str], None]) -> dict[str, Any]:
+         log: Callable[[str], None], given: _Given) -> dict[str, Any]:
     recipe_text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
     metrics_path = out / "metrics.json"
     if metrics_path.exists() and not resume:
@@ -223,7 +255,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                              f"values (see {out / 'recipe.yaml'}), or start a new --out")
     device = dist.resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
-    stream = build_stream(recipe)
+    stream = build_stream(recipe, given.dataset)
     # checked before anything is written: a wrong first-task model fails the run at once
     given_first = (first_task_model(recipe, stream) if recipe.model.first_task_from and not metrics_path.exists()
                    else None)
@@ -231,7 +263,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     atomic_write_text(out / "recipe.yaml", recipe_text)
 
     learner = learner_class(recipe.learner.name)(recipe.learner)
-    state = LearnerState(new_model(recipe, stream).to(device), ExemplarMemory(recipe.memory.size,
+    working = given_model(recipe, given.model) if given.model is not None else new_model(recipe, stream)
+    state = LearnerState(working.to(device), ExemplarMemory(recipe.memory.size,
                          recipe.memory.selection, recipe.seed), train_config(recipe, device, progress))
     rows: list[dict[str, Any]] = []
     if resume:
