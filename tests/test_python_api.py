@@ -3,7 +3,6 @@ model go in, and the run folder holds what a CLI run writes."""
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
