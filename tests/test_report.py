@@ -68,3 +68,33 @@ def test_report_shows_the_deploy_warnings_first():
     page = build_report({"recipe": {"name": "r"}, "tasks": [row], "summary": summary})
     assert page.index("Warnings") < page.index("At a glance")
     assert "task 0: the deployed model is near chance &lt;check&gt;" in page
+
+
+def test_report_has_the_final_confusion_matrix_with_class_names():
+    from compactcl.report.html import build_report
+
+    row = {"index": 0, "classes": [3, 1], "accuracy": {"working": [0.9], "deployed": [0.75]},
+           "bytes": {"fp32": 100, "deployed": 10}, "params": 25, "flops": 50, "seconds": 1.0,
+           "confusion_deployed": {"classes": [3, 1], "matrix": [[3, 1], [1, 3]]}}
+    summary = {m: {"average_incremental_accuracy": 0.75, "final_accuracy": 0.75, "forgetting": 0.0, "bwt": 0.0}
+               for m in ("working", "deployed")}
+    page = build_report({"recipe": {"name": "r"}, "tasks": [row], "summary": summary,
+                         "class_names": ["zero", "one", "two", "three"]})
+    assert "Final deployed model, per class" in page
+    assert "<td>three</td><td>0.7500</td><td>4</td>" in page and "<td>one</td><td>0.7500</td><td>4</td>" in page
+    assert "<details><summary>Recipe</summary>" in page and "name: r" in page
+
+
+def test_run_records_the_deployed_confusion_matrix(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+
+    recipe = Path(__file__).parent / "data" / "tiny.yaml"
+    assert main(["run", str(recipe), "--no-progress", "--out", str(tmp_path / "run"), "--set", "data.tasks=2"]) == 0
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["tasks"]
+    conf = rows[-1]["confusion_deployed"]
+    m = np.asarray(conf["matrix"])
+    assert conf["classes"] == rows[0]["classes"] + rows[1]["classes"] and m.shape == (4, 4)
+    # the diagonal over task 0's rows gives the accuracy recorded for task 0 (stream labels 0, 1)
+    assert abs(np.trace(m[:2, :2]) / m[:2].sum() - rows[-1]["accuracy"]["deployed"][0]) < 1e-6

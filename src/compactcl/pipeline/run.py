@@ -27,11 +27,11 @@ import yaml
 from safetensors.torch import load_file, save as st_save
 from torch import nn
 
-from ..data.datasets import DatasetSplits
+from ..data.datasets import DatasetSplits, TensorData
 from ..data.memory import ExemplarMemory
 from ..data.stream import Stream, Task
 from ..errors import CompactCLError
-from ..engine.loop import TrainConfig, TrainHooks, accuracy
+from ..engine.loop import TrainConfig, TrainHooks, accuracy, predict
 from ..learners import LearnerState, learner_class
 from ..export.update import update_size
 from ..metrics.continual import summarize
@@ -148,6 +148,17 @@ def train_config(recipe: Recipe, device: str, progress: bool) -> TrainConfig:
 class _Scores:
     working: list[float]
     deployed: list[float]
+
+
+def _confusion(model: nn.Module, tasks: list[Task], class_order: list[int]) -> dict[str, Any]:
+    """Confusion matrix of ``model`` over the test split of ``tasks``: rows true, columns predicted,
+    in output order; ``classes`` names each output's dataset class id."""
+    test = TensorData.cat([t.test for t in tasks])
+    k = sum(len(t.labels) for t in tasks)
+    pred = predict(model, test.x).clamp(0, k - 1)
+    matrix = torch.zeros(k, k, dtype=torch.long)
+    matrix.index_put_((test.y, pred), torch.ones_like(pred), accumulate=True)
+    return {"classes": [class_order[i] for i in range(k)], "matrix": matrix.tolist()}
 
 
 def _score(model: nn.Module, deployed: nn.Module, tasks: list[Task], means) -> _Scores:
@@ -340,6 +351,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                 "deployed_flops": count_flops(deployed, input_shape),
                 "seconds": seconds,
                 "deploy_seconds": deploy_seconds,
+                "confusion_deployed": _confusion(deployed, stream.tasks[: task.index + 1], stream.class_order),
                 **({"deploy": extra} if extra else {}),
             })
             _save_state(task_dir / "state.safetensors", state)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_text
@@ -34,7 +35,7 @@ def _matrix(rows: list[dict[str, Any]], which: str) -> np.ndarray:
 def _heatmaps(rows: list[dict[str, Any]]) -> str:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 3.8))
+    fig = Figure(figsize=(10, 4.2), layout="constrained")  # titles and colour bars never overlap
     for k, which in enumerate(("working", "deployed")):
         ax = fig.add_subplot(1, 2, k + 1)
         m = _matrix(rows, which)
@@ -64,7 +65,10 @@ def _curves(rows: list[dict[str, Any]], baselines: dict[str, list[float]]) -> st
     ax.set_xticks(x)
     ax.set_xlabel("task")
     ax.set_ylabel("mean accuracy on tasks seen")
-    ax.set_ylim(0, 1.02)
+    shown = [float(np.mean(r["accuracy"][w])) for r in rows for w in ("working", "deployed")]
+    shown += [v for ys in baselines.values() for v in ys]
+    low = min(shown) if shown else 0.0
+    ax.set_ylim(max(0.0, low - 0.05 * max(1.0 - low, 0.1)), 1.005)  # zoomed to the data: 0.96 vs 0.99 shows
     ax.legend(fontsize=8)
     ax.set_title("accuracy per task")
     ax = fig.add_subplot(1, 2, 2)
@@ -80,6 +84,42 @@ def _curves(rows: list[dict[str, Any]], baselines: dict[str, list[float]]) -> st
     ax.legend(fontsize=8)
     ax.set_title("size per task")
     return _png(fig)
+
+
+def _class_name(doc: dict[str, Any], class_id: int) -> str:
+    names = doc.get("class_names")
+    return str(names[class_id]) if isinstance(names, list) and 0 <= class_id < len(names) else str(class_id)
+
+
+def _confusion(doc: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The final deployed model's confusion matrix and per-class accuracy, classes by name."""
+    conf = rows[-1].get("confusion_deployed")
+    if not conf:
+        return ""
+    from matplotlib.figure import Figure
+
+    m = np.asarray(conf["matrix"], dtype=float)
+    names = [_class_name(doc, c) for c in conf["classes"]]
+    per_class = np.divide(np.diag(m), m.sum(1), out=np.full(len(m), np.nan), where=m.sum(1) > 0)
+    size = min(12.0, 3.0 + 0.45 * len(m))
+    fig = Figure(figsize=(size, size * 0.85), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), vmin=0, vmax=1, cmap="Blues")
+    if len(m) <= 20:
+        for (i, j), v in np.ndenumerate(m):
+            if v:
+                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7,
+                        color="w" if v > 0.6 * m[i].sum() else "k")
+    ax.set_xticks(range(len(m)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(m)), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    cells = "".join(f"<tr><td>{html.escape(n)}</td><td>{a:.4f}</td><td>{int(m[i].sum())}</td></tr>"
+                    for i, (n, a) in enumerate(zip(names, per_class)))
+    return (f'<h2>Final deployed model, per class</h2><img alt="confusion matrix" '
+            f'src="data:image/png;base64,{_png(fig)}"><table><tr><th>class</th><th>accuracy</th>'
+            f"<th>test images</th></tr>{cells}</table>")
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -134,7 +174,8 @@ th{{background:#f3f3f3}}img{{max-width:100%}}.note{{color:#555}}.warn{{color:#a4
 <h2>Accuracy and size per task</h2><img alt="accuracy and bytes per task" src="data:image/png;base64,{_curves(rows, baselines or {})}">
 <h2>Accuracy matrices</h2><p class="note">row i: after training task i; column j: accuracy on task j's test split</p><img alt="accuracy matrices" src="data:image/png;base64,{_heatmaps(rows)}">
 <h2>Per task</h2>{_table(rows)}
-<h2>Recipe</h2><pre>{html.escape(json.dumps(doc['recipe'], indent=2))}</pre>
+{_confusion(doc, rows)}
+<details><summary>Recipe</summary><pre>{html.escape(yaml.safe_dump(doc['recipe'], sort_keys=False))}</pre></details>
 </body></html>
 """
 
