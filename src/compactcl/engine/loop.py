@@ -73,17 +73,27 @@ class TrainConfig:
     optimizer: str = "sgd"  # or "adam"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # or "constant"
+    schedule: str = "cosine"  # or "constant", or "multistep" (lr x gamma at each of ``milestones``)
+    milestones: tuple[int, ...] = ()  # epochs at which "multistep" multiplies the lr by gamma
+    gamma: float = 0.1
     device: str = "cpu"
     seed: int = 0
     progress: bool = False
     augment: bool = False  # random crop + flip of training batches (data.augment_batch)
+    augment_padding: int = 2  # the crop's zero padding (PyCIL and Mammoth pad CIFAR by 4)
     # speed options (CUDA first; each also runs on CPU)
     bf16: bool = False  # autocast forward + loss to bfloat16 (fast on recent GPUs; on most CPUs slower)
     channels_last: bool | None = None  # None: on for conv models on CUDA, off on CPU
     compile: bool | str = False  # torch.compile the loss step; a string names the backend ("inductor", "eager")
     nan_check_every: int = 0  # 0: every step on one CPU process, every 50 steps on CUDA / several processes
     data_on_device: bool | None = None  # None: copy the whole set to the GPU when it fits in half its free memory
+    # The first task's own schedule (PyCIL trains task 0 longer, with other milestones and decay);
+    # None: the same as every task. Learners pick it with :meth:`for_task`.
+    first: "TrainConfig | None" = None
+
+    def for_task(self, index: int) -> "TrainConfig":
+        """The configuration task ``index`` trains with: ``first`` for task 0 when set."""
+        return self.first if index == 0 and self.first is not None else self
 
 
 def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -92,6 +102,19 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Opti
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise CompactCLError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int,
+               steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Stepped once per optimizer step: cosine over all steps, or multistep at epoch milestones."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    if cfg.schedule == "multistep":
+        steps = [m * steps_per_epoch for m in cfg.milestones]  # epoch e ends after e * steps_per_epoch steps
+        return torch.optim.lr_scheduler.MultiStepLR(opt, steps, gamma=cfg.gamma)
+    if cfg.schedule == "constant":
+        return None
+    raise CompactCLError(f"unknown schedule {cfg.schedule!r}; use 'cosine', 'multistep' or 'constant'")
 
 
 class _LossStep(nn.Module):
@@ -140,7 +163,7 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
     steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
     total = cfg.iterations or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total / steps_per_epoch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total) if cfg.schedule == "cosine" else None
+    sched = _scheduler(opt, cfg, total, steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: augmenting keeps the shuffle
     on_device = not cuda or (cfg.data_on_device if cfg.data_on_device is not None else _fits_on_device(data, device))
@@ -208,7 +231,7 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
                 if cfg.augment:
                     from ..data.datasets import augment_batch
 
-                    xb = augment_batch(xb, aug_gen)
+                    xb = augment_batch(xb, aug_gen, padding=cfg.augment_padding)
                 if autocast is not None:
                     with autocast:
                         loss = step_fn(xb, yb)

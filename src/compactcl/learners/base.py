@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from ..data.datasets import TensorData
@@ -43,18 +43,46 @@ class LearnerOptions(BaseModel):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    augment: bool = False  # random crop (pad 2) + horizontal flip of training batches
+    schedule: Literal["cosine", "constant", "multistep"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)  # multistep: epochs at which lr *= lr_decay
+    lr_decay: float = Field(0.1, gt=0, le=1)  # PyCIL's lrate_decay (torch's MultiStepLR gamma)
+    # The first task's own schedule (PyCIL: 200 epochs, milestones 60/120/170, wd 5e-4); unset = as above
+    first_epochs: int | None = Field(None, ge=0)
+    first_lr: float | None = Field(None, gt=0)
+    first_weight_decay: float | None = Field(None, ge=0)
+    first_milestones: list[int] | None = None
+    augment: bool = False  # random crop (pad augment_padding) + horizontal flip of training batches
+    augment_padding: int = Field(2, ge=0, le=16)
     bf16: bool = False  # autocast forward + loss to bfloat16 (CUDA; works on CPU, usually slower there)
     channels_last: bool | None = None  # None: on for conv models on CUDA, off on CPU
     compile: bool = False  # torch.compile the training step
 
+    @model_validator(mode="after")
+    def _milestones_fit(self) -> "LearnerOptions":
+        for key in ("milestones", "first_milestones"):
+            ms = getattr(self, key) or []
+            if ms and self.schedule != "multistep":
+                raise ValueError(f"{key} needs schedule: multistep (the schedule is {self.schedule!r})")
+            if any(m < 1 for m in ms) or ms != sorted(set(ms)):
+                raise ValueError(f"{key} must be increasing epoch numbers >= 1, got {ms}")
+        return self
+
     def train_config(self, device: str = "cpu", seed: int = 0, progress: bool = False) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, iterations=self.iterations, batch_size=self.batch_size, lr=self.lr,
-                           optimizer=self.optimizer, momentum=self.momentum, weight_decay=self.weight_decay,
-                           schedule=self.schedule, device=device, seed=seed, progress=progress,
-                           augment=self.augment, bf16=self.bf16, channels_last=self.channels_last,
-                           compile=self.compile)
+        cfg = TrainConfig(epochs=self.epochs, iterations=self.iterations, batch_size=self.batch_size, lr=self.lr,
+                          optimizer=self.optimizer, momentum=self.momentum, weight_decay=self.weight_decay,
+                          schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.lr_decay,
+                          device=device, seed=seed, progress=progress, augment=self.augment,
+                          augment_padding=self.augment_padding, bf16=self.bf16, channels_last=self.channels_last,
+                          compile=self.compile)
+        firsts = (self.first_epochs, self.first_lr, self.first_weight_decay, self.first_milestones)
+        if any(v is not None for v in firsts):
+            cfg.first = dataclasses.replace(
+                cfg, epochs=cfg.epochs if self.first_epochs is None else self.first_epochs,
+                iterations=None if self.first_epochs is not None else cfg.iterations,
+                lr=self.first_lr or cfg.lr,
+                weight_decay=cfg.weight_decay if self.first_weight_decay is None else self.first_weight_decay,
+                milestones=cfg.milestones if self.first_milestones is None else tuple(self.first_milestones))
+        return cfg
 
 
 class DistillOptions(LearnerOptions):
@@ -155,7 +183,7 @@ class Learner:
                  hooks: TrainHooks | None = None) -> list[float]:
         """Train the working model on ``data`` with the one loop: a different, reproducible shuffle
         per task; the learner's hooks first, then the run's."""
-        cfg = copy.copy(state.train)
+        cfg = copy.copy(state.train.for_task(task.index))
         cfg.seed = state.train.seed + 7919 * task.index
         both = (hooks or TrainHooks()).then(state.hooks)
         return train(state.model, data, loss, cfg, desc=f"task {task.index}", hooks=both)

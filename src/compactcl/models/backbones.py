@@ -170,6 +170,36 @@ def resnet32(in_channels: int, input_size: int, width: int = 16) -> nn.Module:
     return CifarResNet(in_channels, input_size, 32, width)
 
 
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 images (the CIFAR stem: one 3x3 stride-1 conv, no max pool), as in Mammoth.
+
+    Four stages of two basic blocks, widths ``width`` x 1/2/4/8 (64: 11.2M parameters), 1x1-conv
+    shortcuts where the shape changes.
+    """
+
+    def __init__(self, in_channels: int, input_size: int, width: int = 64):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = _conv_bn(in_channels, widths[0])
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for stage, cout in enumerate(widths):
+            for i in range(2):
+                blocks.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(self.stem(x)))
+
+
+@register_backbone("resnet18")
+def resnet18(in_channels: int, input_size: int, width: int = 64) -> nn.Module:
+    return ResNet18(in_channels, input_size, width)
+
+
 class InvertedResidual(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, expand: int):
         super().__init__()
