@@ -7,6 +7,7 @@ any key (the value is parsed as YAML, so ``--set learner.epochs=3`` is an int).
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,9 @@ from .config import CompressConfig, LadderConfig
 __all__ = ["Recipe", "load_recipe", "list_recipes", "apply_overrides", "RECIPE_VERSION"]
 
 RECIPE_VERSION = 1
+MAX_SEED = 2**31 - 1
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 
 
 class _Strict(BaseModel):
@@ -92,8 +96,8 @@ class ExportConfig(_Strict):
 
 class Recipe(_Strict):
     version: int = RECIPE_VERSION
-    name: str = "custom"
-    seed: int = 0
+    name: str = "custom"  # a plain name: the default run folder is runs/<name>
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds torch, numpy and scikit-learn (the last takes < 2**32)
     device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -103,6 +107,22 @@ class Recipe(_Strict):
     ladder: LadderConfig | None = None  # the worked ladder (pipeline/ladder.py) instead of the task loop
     export: ExportConfig = Field(default_factory=ExportConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the name becomes a folder (runs/<name>): no separators, no '..', nothing hidden or odd
+        if not _NAME.fullmatch(v) or v in (".", ".."):
+            raise ValueError(f"name {v!r} must be a plain name (letters, digits, '.', '_', '-', at most 100, not "
+                             "starting with '.'): it names the run folder runs/<name>; use --out for a path")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not _DEVICE.fullmatch(v):
+            raise ValueError(f"device {v!r} is not one compactcl runs on; use auto, cpu, cuda, cuda:N or mps")
+        return v
 
     @field_validator("learner", mode="before")
     @classmethod
@@ -235,8 +255,8 @@ def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -
     if _expanded_size(raw, {}, MAX_RECIPE_NODES) > MAX_RECIPE_NODES:
         raise CompactCLError(f"recipe {source} holds more than {MAX_RECIPE_NODES:,} values once its YAML aliases "
                              "(*name) are expanded; write the options out instead of nesting aliases")
-    if "name" not in raw and recipe is not None:
-        raw["name"] = Path(recipe).stem
+    if "name" not in raw and recipe is not None:  # a file's stem, made plain (see Recipe._plain_name)
+        raw["name"] = re.sub(r"[^A-Za-z0-9._-]", "-", Path(recipe).stem).lstrip(".")[:100] or "custom"
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
