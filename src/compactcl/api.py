@@ -52,9 +52,9 @@ def _check_stream_meta(path: Any, meta: dict[str, Any]) -> None:
     stream = meta["stream"]
     bad = [] if isinstance(stream, dict) else ["meta.stream"]
     if not bad:
-        bad = [f"meta.stream.{k}" for k, types in _STREAM_FIELDS.items()
-               if not isinstance(stream.get(k, None if k not in ("dataset", "tasks", "seed", "val_fraction") else
-                                            ...), types) or isinstance(stream.get(k), bool)]
+        required = ("dataset", "tasks", "seed", "val_fraction", "class_order")
+        bad = [f"meta.stream.{k}" for k, types in _STREAM_FIELDS.items() if (k in stream or k in required)
+               and (not isinstance(stream.get(k), types) or isinstance(stream.get(k), bool))]
         order = stream.get("class_order")
         if isinstance(order, list) and not all(isinstance(c, int) and not isinstance(c, bool) for c in order):
             bad.append("meta.stream.class_order")
