@@ -50,6 +50,8 @@ def _recipe_and_out(args, overrides: list[str]):
     """The recipe to run and its folder. ``--resume RUN`` without a recipe reads RUN's recorded
     recipe (``--set`` applies on top; the run loop refuses any change but export.*/log.*)."""
     run_dir = args.resume if isinstance(args.resume, str) else None
+    if run_dir is not None and args.recipe is None and not Path(run_dir).is_dir() and _names_a_recipe(run_dir):
+        args.recipe, run_dir = run_dir, None  # `run --out X --resume RECIPE`: argparse gave RECIPE to --resume
     if run_dir is not None and args.out is not None and Path(args.out) != Path(run_dir):
         raise CompactCLError(f"--resume {run_dir} and --out {args.out} name two folders; give one")
     if run_dir is not None and args.recipe is None:
@@ -65,6 +67,12 @@ def _recipe_and_out(args, overrides: list[str]):
         recipe = load_recipe(args.recipe, overrides)
     out = Path(run_dir or args.out or Path("runs") / recipe.name)  # recipe names are plain (checked)
     return recipe, out
+
+
+def _names_a_recipe(value: str) -> bool:
+    from ..pipeline.recipe import list_recipes
+
+    return (Path(value).suffix in (".yaml", ".yml") and Path(value).is_file()) or value in list_recipes()
 
 
 def summary_table(doc: dict) -> str:

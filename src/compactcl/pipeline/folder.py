@@ -50,7 +50,8 @@ def is_run_folder(path: Path) -> bool:
 
 def _foreign_entries(out: Path) -> list[str]:
     try:
-        return sorted(p.name for p in out.iterdir() if p.name != LOCK)
+        # the lock and a marker being written (another rank of this run, mid-claim) are not foreign
+        return sorted(p.name for p in out.iterdir() if p.name != LOCK and not p.name.startswith(f".{MARKER}."))
     except OSError as e:
         raise CompactCLError(f"cannot read folder {out}: {e.strerror or e}") from None
 
