@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/compactcl run --out runs/demo
+	$(BIN)/compactcl run --out runs/demo --resume  # runs, continues a killed run, or says it is complete
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not data and not gpu"

@@ -66,9 +66,8 @@ def test_recipe_errors_name_the_key(tiny, override, key):
     ("data.class_order=[99, 1, 2, 3, 4, 5, 6, 7, 8, 0]", "data.class_order"),
 ])
 def test_values_that_validate_but_cannot_run_fail_before_training_naming_the_key(tiny, tmp_path, override, key):
-    recipe = load_recipe(tiny, [override])
-    with pytest.raises(CompactCLError) as e:
-        _quiet(recipe, tmp_path / "run")
+    with pytest.raises(CompactCLError) as e:  # refused when the recipe is read (seed, data.tasks bounds) or before training
+        _quiet(load_recipe(tiny, [override]), tmp_path / "run")
     assert key in str(e.value)
     assert not (tmp_path / "run" / "tasks").exists()  # nothing trained, nothing half-written
 

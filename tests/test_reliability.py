@@ -140,9 +140,10 @@ def test_resume_is_exact_for_every_learner(tmp_path, extra):
 
 
 def _run_files(out: Path) -> dict[str, bytes]:
-    """Every file a run wrote (but metrics.json and the report, which hold timings), by path."""
+    """Every file a run wrote (but metrics.json and the report, which hold timings, and the
+    folder's marker and lock, which hold the run's id and pid), by path."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("metrics.json", "report.html")}
+            if p.is_file() and p.name not in ("metrics.json", "report.html", ".compactcl-run", ".compactcl-run.lock")}
 
 
 def _timeless(doc: dict) -> list:

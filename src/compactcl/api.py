@@ -88,10 +88,11 @@ def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = resolve_model_path(path)
     meta = read_header(path).get("meta", {})
-    stream_meta = meta.get("stream")
+    stream_meta = meta.get("stream") if isinstance(meta, dict) else None
     if not stream_meta:
         raise CompactCLError(f"{path} does not record the data it was trained on; "
                              "pass the data explicitly through the Python API")
+    _check_stream_meta(path, meta)
     ds = load_dataset(stream_meta["dataset"], stream_meta.get("root"), **stream_meta.get("dataset_options", {}))
     stream = class_incremental(ds, stream_meta["tasks"], stream_meta.get("classes_per_task"),
                                stream_meta.get("first_task_classes"), stream_meta["seed"],
@@ -103,3 +104,28 @@ def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:
              for split in ("train", "val", "test")}
     return {**parts, "input_shape": (ds.in_channels, ds.input_size, ds.input_size), "meta": meta,
             "tasks": stream.tasks[:n_tasks]}
+
+
+# header fields checkpoint_data reads, and the types they must have (a crafted header can hold anything)
+_STREAM_FIELDS: dict[str, tuple[type, ...]] = {
+    "dataset": (str,), "root": (str, type(None)), "dataset_options": (dict,), "tasks": (int,),
+    "classes_per_task": (int, type(None)), "first_task_classes": (int, type(None)), "seed": (int,),
+    "val_fraction": (int, float), "class_order": (list, type(None))}
+
+
+def _check_stream_meta(path: Any, meta: dict[str, Any]) -> None:
+    stream = meta["stream"]
+    bad = [] if isinstance(stream, dict) else ["meta.stream"]
+    if not bad:
+        required = ("dataset", "tasks", "seed", "val_fraction", "class_order")
+        bad = [f"meta.stream.{k}" for k, types in _STREAM_FIELDS.items() if (k in stream or k in required)
+               and (not isinstance(stream.get(k), types) or isinstance(stream.get(k), bool))]
+        order = stream.get("class_order")
+        if isinstance(order, list) and not all(isinstance(c, int) and not isinstance(c, bool) for c in order):
+            bad.append("meta.stream.class_order")
+    task = meta.get("task")
+    if not isinstance(task, int) or isinstance(task, bool) or task < 0:
+        bad.append("meta.task")
+    if bad:
+        raise CompactCLError(f"{path}: its header's {', '.join(bad)} missing or of the wrong type, so the data it was "
+                             "trained on cannot be rebuilt; pass the data explicitly through the Python API")

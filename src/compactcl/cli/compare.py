@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..errors import CompactCLError
+from ..pipeline.folder import is_run_folder
 from ..utils.atomic import atomic_write_json
 from .common import add_json_flag, emit, format_table
 
@@ -28,7 +30,13 @@ def run(args) -> int:
     base = load_recipe(args.recipe, args.overrides)
     out = Path(args.out or Path("runs") / f"compare-{base.name}")
     learners = [s.strip() for s in args.learners.split(",") if s.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CompactCLError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not learners or not seeds:
+        raise CompactCLError("--learners and --seeds each need at least one value, e.g. --learners icarl --seeds 0")
+    _check_compare_out(out)
     rows = []
     for name in learners:
         per_seed = []
@@ -57,3 +65,15 @@ def run(args) -> int:
                   for r in rows]
     emit(args, result, format_table(table_rows) + f"\n\nseeds {seeds}; runs and compare.json in {out}")
     return 0
+
+
+def _check_compare_out(out: Path) -> None:
+    """compare writes compare.json and one run folder per learner and seed into ``out``: a new or
+    empty folder, or one an earlier compare wrote (it holds compare.json or run folders)."""
+    if out.exists() and not out.is_dir():
+        raise CompactCLError(f"--out {out} is a file; give a new or empty folder")
+    if out.is_dir():
+        entries = list(out.iterdir())
+        if entries and not (out / "compare.json").is_file() and not any(is_run_folder(p) for p in entries if p.is_dir()):
+            raise CompactCLError(f"--out {out} is not empty and holds no compare.json or compactcl run folders; "
+                                 "compactcl leaves your files untouched: choose a new or empty folder")

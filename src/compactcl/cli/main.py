@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     except CompactCLError as e:
         print(f"compactcl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path the user gave: a folder where a file goes, no permission, no space, ...
+        where = f" {e.filename2 or e.filename}" if (e.filename2 or e.filename) else ""
+        print(f"compactcl {args.command}: error: cannot use{where}: {e.strerror or e}; check the paths given "
+              "(--out names a file to write, in a folder that exists)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; completed tasks are saved, continue with --resume", file=sys.stderr)
         return 130

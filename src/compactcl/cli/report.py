@@ -12,18 +12,21 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
     from ..errors import CompactCLError
     from ..report.html import write_report
+    from .common import MALFORMED, read_metrics
 
     baselines = {}
     for item in args.baseline:
         name, sep, path = item.partition("=")
-        if not sep:
+        if not sep or not name or not path:
             raise CompactCLError(f"--baseline {item!r}: expected NAME=RUN_DIR")
-        doc = json.loads((Path(path) / "metrics.json").read_text())
+        doc = read_metrics(path, f"--baseline {name}")
         baselines[name] = [sum(t["accuracy"]["working"]) / len(t["accuracy"]["working"]) for t in doc["tasks"]]
-    print(write_report(args.run_dir, baselines))
+    read_metrics(args.run_dir, "RUN_DIR")
+    try:
+        print(write_report(args.run_dir, baselines))
+    except MALFORMED as e:  # valid rows, but another field the report draws is missing or mistyped
+        raise CompactCLError(f"report: {args.run_dir}/metrics.json is not a complete compactcl metrics file "
+                             f"({type(e).__name__}: {str(e)[:100]})") from None
     return 0

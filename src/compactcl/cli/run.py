@@ -1,10 +1,12 @@
-"""`compactcl run [RECIPE] [--out DIR] [--set key=value ...]`: run a class-incremental recipe."""
+"""`compactcl run [RECIPE] [--out DIR] [--set key=value ...] [--resume [RUN]]`: run a class-incremental recipe."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from ..errors import CompactCLError
+from ..pipeline.folder import MARKER, RECIPE_FILE, is_run_folder
 from ..pipeline.recipe import load_recipe
 from .common import add_json_flag, emit, format_table
 
@@ -20,7 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action="store_true",
                    help="channels_last memory format for conv models (default: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (= --set learner.compile=true)")
-    p.add_argument("--resume", action="store_true", help="continue a run folder from its last finished task")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue run folder RUN (or --out) from its last finished task, with its recorded "
+                        "recipe; a new or empty folder starts the run; a complete one says so")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -32,15 +36,43 @@ def run(args) -> int:
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     overrides += [f"learner.{k}=true" for k, on in (("bf16", args.bf16), ("channels_last", args.channels_last),
                                                      ("compile", args.compile)) if on]
-    recipe = load_recipe(args.recipe, overrides)
-    out = Path(args.out or Path("runs") / recipe.name)
+    recipe, out = _recipe_and_out(args, overrides)
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    doc = run_recipe(recipe, out, resume=args.resume, progress=not args.no_progress and not args.json, log=log)
+    doc = run_recipe(recipe, out, resume=bool(args.resume), progress=not args.no_progress and not args.json, log=log)
     if doc.get("schema") == "compactcl.ladder/1":
         emit(args, doc["rows"], ladder_table(doc) + f"\n\nrun folder: {out}  (ladder.json, ladder.md)")
         return 0
     emit(args, doc["summary"], summary_table(doc) + f"\n\nrun folder: {out}  (metrics.json, final/)")
     return 0
+
+
+def _recipe_and_out(args, overrides: list[str]):
+    """The recipe to run and its folder. ``--resume RUN`` without a recipe reads RUN's recorded
+    recipe (``--set`` applies on top; the run loop refuses any change but export.*/log.*)."""
+    run_dir = args.resume if isinstance(args.resume, str) else None
+    if run_dir is not None and args.recipe is None and not Path(run_dir).is_dir() and _names_a_recipe(run_dir):
+        args.recipe, run_dir = run_dir, None  # `run --out X --resume RECIPE`: argparse gave RECIPE to --resume
+    if run_dir is not None and args.out is not None and Path(args.out) != Path(run_dir):
+        raise CompactCLError(f"--resume {run_dir} and --out {args.out} name two folders; give one")
+    if run_dir is not None and args.recipe is None:
+        recorded = Path(run_dir) / RECIPE_FILE
+        if not Path(run_dir).is_dir():
+            raise CompactCLError(f"--resume {run_dir}: no such run folder; to start a run there, give the recipe "
+                                 f"(compactcl run RECIPE --out {run_dir})")
+        if not is_run_folder(Path(run_dir)) or not recorded.is_file():
+            raise CompactCLError(f"--resume {run_dir}: not a compactcl run folder (no {MARKER} marker or no "
+                                 f"{RECIPE_FILE}), so there is no recorded recipe to continue")
+        recipe = load_recipe(str(recorded), overrides)
+    else:
+        recipe = load_recipe(args.recipe, overrides)
+    out = Path(run_dir or args.out or Path("runs") / recipe.name)  # recipe names are plain (checked)
+    return recipe, out
+
+
+def _names_a_recipe(value: str) -> bool:
+    from ..pipeline.recipe import list_recipes
+
+    return (Path(value).suffix in (".yaml", ".yml") and Path(value).is_file()) or value in list_recipes()
 
 
 def summary_table(doc: dict) -> str:

@@ -18,10 +18,12 @@ function that is already installed, and compactcl calls only functions marked wi
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -70,6 +72,8 @@ def _resolve_factory(path: str) -> Callable[..., nn.Module]:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise CompactCLError(f"factory {path!r} must look like 'package.module:function'")
+    if module_name not in sys.modules:  # importing runs the module's code: check the mark in its source first
+        _check_declared_factory(module_name, attr, path)
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -82,6 +86,90 @@ def _resolve_factory(path: str) -> Callable[..., nn.Module]:
                              "@compactcl.models.model_factory (compactcl only calls marked functions when it "
                              "loads a file, so a file cannot make it run arbitrary code)")
     return obj
+
+
+MAX_FACTORY_SOURCE = 4 * 2**20  # bytes of a factory module's source read for the static check
+
+
+def _find_module_source(module_name: str) -> Path:
+    """The source file ``module_name`` would be imported from, found as the import system finds it
+    but without executing anything (not even its parent packages' ``__init__``)."""
+    parts = module_name.split(".")
+    search: Any = None
+    spec = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        if i < len(parts) - 1 and name in sys.modules:  # an imported parent: its code already ran
+            search = getattr(sys.modules[name], "__path__", None)
+            continue
+        spec = None
+        for finder in sys.meta_path:  # what importlib._bootstrap._find_spec does, minus the imports
+            find = getattr(finder, "find_spec", None)
+            if find is not None and (spec := find(name, search)) is not None:
+                break
+        if spec is None:
+            raise CompactCLError(f"cannot find module {name!r} for model factory {module_name!r}; install it, or "
+                                 "add its folder to PYTHONPATH")
+        search = spec.submodule_search_locations
+        if i < len(parts) - 1 and search is None:
+            raise CompactCLError(f"{name!r} is not a package, so {module_name!r} cannot be imported")
+    origin = getattr(spec, "origin", None)
+    if not origin or not str(origin).endswith(".py") or not Path(origin).is_file():
+        raise CompactCLError(f"module {module_name!r} has no Python source ({origin}); compactcl imports a model "
+                             "factory only after reading @model_factory in its source, so it runs no code of "
+                             "a module it cannot read first")
+    return Path(origin)
+
+
+def _decorated_as_factory(node: ast.AST) -> bool:
+    def named(expr: ast.AST) -> bool:
+        expr = expr.func if isinstance(expr, ast.Call) else expr
+        return (isinstance(expr, ast.Name) and expr.id == "model_factory") or \
+            (isinstance(expr, ast.Attribute) and expr.attr == "model_factory")
+
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return any(named(d) for d in node.decorator_list)
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):  # f = model_factory(g)
+        return node.value is not None and isinstance(node.value, ast.Call) and named(node.value)
+    return False
+
+
+def _defines(body: list[ast.stmt], name: str) -> ast.AST | None:
+    for node in reversed(body):  # the last definition wins, as at run time
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return node
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return node
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            return node
+    return None
+
+
+def _check_declared_factory(module_name: str, attr: str, path: str) -> None:
+    """Refuse a factory whose module source does not mark ``attr`` with ``@model_factory`` — read
+    with :mod:`ast`, before the module is imported, so naming a module runs none of its code
+    unless it declares a compactcl model factory of that name. (The import then runs the module
+    and the real mark is checked again.)"""
+    source = _find_module_source(module_name)
+    try:
+        if source.stat().st_size > MAX_FACTORY_SOURCE:
+            raise CompactCLError(f"module {module_name!r} ({source}) is over {MAX_FACTORY_SOURCE >> 20} MiB of source")
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except (SyntaxError, ValueError, OSError) as e:
+        raise CompactCLError(f"cannot read module {module_name!r} ({source}) to check its factory: "
+                             f"{type(e).__name__}") from None
+    body: list[ast.stmt] = tree.body
+    node: ast.AST | None = None
+    for i, part in enumerate(attr.split(".")):
+        node = _defines(body, part)
+        if node is None:
+            break
+        body = node.body if isinstance(node, ast.ClassDef) else []
+    if node is None or not _decorated_as_factory(node):
+        raise CompactCLError(f"{path!r} is not marked as a model factory in {source} (compactcl reads the source "
+                             "before importing it: a factory must be a function defined there with "
+                             "@compactcl.models.model_factory, so a file or recipe cannot make compactcl import "
+                             "and run an arbitrary module)")
 
 
 def _find_head(module: nn.Module, head: str) -> nn.Linear:

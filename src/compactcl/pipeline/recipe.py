@@ -21,6 +21,10 @@ from .config import CompressConfig, LadderConfig
 __all__ = ["Recipe", "load_recipe", "validate_recipe", "list_recipes", "apply_overrides", "set_path", "RECIPE_VERSION"]
 
 RECIPE_VERSION = 1
+MAX_SEED = 2**31 - 1
+MAX_RECIPE_BYTES = 2**20
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 
 
 class _Strict(BaseModel):
@@ -30,9 +34,9 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     dataset: str = "digits"
     root: str | None = None
-    tasks: int = Field(5, ge=1)
-    classes_per_task: int | None = Field(None, ge=1)
-    first_task_classes: int | None = Field(None, ge=1)
+    tasks: int = Field(5, ge=1, le=100_000)
+    classes_per_task: int | None = Field(None, ge=1, le=10_000_000)
+    first_task_classes: int | None = Field(None, ge=1, le=10_000_000)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     class_order: list[int] | None = None
     options: dict[str, Any] = Field(default_factory=dict)  # loader options, e.g. image_size for folders
@@ -74,6 +78,8 @@ def _learner_section(section: Any) -> Any:
     file declares its own; see compactcl.learners.base.LearnerOptions)."""
     from ..learners import learner_options
 
+    if section is not None and not isinstance(section, dict) and not hasattr(section, "name"):
+        raise ValueError(f"the learner section must be a mapping (name:, epochs: ...), got {type(section).__name__}")
     return learner_options(section if section is not None else {})
 
 
@@ -93,8 +99,8 @@ class ExportConfig(_Strict):
 
 class Recipe(_Strict):
     version: int = RECIPE_VERSION
-    name: str = "custom"
-    seed: int = 0
+    name: str = "custom"  # a plain name: the default run folder is runs/<name>
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # seeds torch, numpy and scikit-learn (the last takes < 2**32)
     device: str = "auto"  # auto, cpu, cuda, cuda:1 ...
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -104,6 +110,22 @@ class Recipe(_Strict):
     ladder: LadderConfig | None = None  # the worked ladder (pipeline/ladder.py) instead of the task loop
     export: ExportConfig = Field(default_factory=ExportConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # the name becomes a folder (runs/<name>): no separators, no '..', nothing hidden or odd
+        if not _NAME.fullmatch(v) or v in (".", ".."):
+            raise ValueError(f"name {v!r} must be a plain name (letters, digits, '.', '_', '-', at most 100, not "
+                             "starting with '.'): it names the run folder runs/<name>; use --out for a path")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not _DEVICE.fullmatch(v):
+            raise ValueError(f"device {v!r} is not one compactcl runs on; use auto, cpu, cuda, cuda:N or mps")
+        return v
 
     @field_validator("learner", mode="before")
     @classmethod
@@ -191,7 +213,13 @@ def _read_source(recipe: str | None) -> tuple[dict[str, Any], str]:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise CompactCLError(f"recipe file {path} not found; built-in recipes: {', '.join(list_recipes())}")
-        text, source = path.read_text(), str(path)
+        source = str(path)
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise CompactCLError(f"recipe {source} is over {MAX_RECIPE_BYTES >> 20} MiB; a recipe is a few lines")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise CompactCLError(f"recipe {source} is not text (UTF-8 YAML)") from None
     elif recipe in list_recipes():
         text, source = (resources.files("compactcl") / "recipes" / f"{recipe}.yaml").read_text(), f"built-in {recipe!r}"
     else:
@@ -201,6 +229,9 @@ def _read_source(recipe: str | None) -> tuple[dict[str, Any], str]:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise CompactCLError(f"recipe {source} is not valid YAML: {e}") from e
+    except RecursionError:
+        raise CompactCLError(f"recipe {source} nests too deep for its YAML to be read; a recipe needs a few "
+                             f"levels (at most {MAX_RECIPE_DEPTH})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -259,6 +290,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise CompactCLError(f"--set {key}: cannot parse value {value!r}: {e}") from e
+        except RecursionError:
+            raise CompactCLError(f"--set {key}: the value nests too deep") from None
         set_path(raw, key, parsed)
     return raw
 
@@ -283,6 +316,23 @@ def _expanded_size(obj: Any, memo: dict[int, int], limit: int) -> int:
     return total
 
 
+MAX_RECIPE_DEPTH = 32  # sections nest 3-4 deep; pydantic refuses to serialize past ~250 (a traceback)
+
+
+def _depth_over(obj: Any, limit: int) -> bool:
+    """True when ``obj`` nests dicts/lists more than ``limit`` deep (iterative: no recursion)."""
+    stack, seen = [(obj, 1)], set()
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (dict, list)) or id(node) in seen:
+            continue
+        if depth > limit:
+            return True
+        seen.add(id(node))
+        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
 def validate_recipe(raw: dict[str, Any], source: str = "(dict)") -> Recipe:
     """A recipe from a plain dict (as YAML gives it), validated; errors name the key."""
     if not isinstance(raw, dict):
@@ -291,6 +341,9 @@ def validate_recipe(raw: dict[str, Any], source: str = "(dict)") -> Recipe:
     if _expanded_size(raw, {}, MAX_RECIPE_NODES) > MAX_RECIPE_NODES:
         raise CompactCLError(f"recipe {source} holds more than {MAX_RECIPE_NODES:,} values once its YAML aliases "
                              "(*name) are expanded; write the options out instead of nesting aliases")
+    if _depth_over(raw, MAX_RECIPE_DEPTH):
+        raise CompactCLError(f"recipe {source} nests more than {MAX_RECIPE_DEPTH} levels deep; a recipe's sections "
+                             "need a few (data: options: key: value)")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
@@ -301,6 +354,6 @@ def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -
     """Read a recipe (path, built-in name, or None for the default), apply overrides, validate."""
     raw, source = _read_source(recipe)
     raw = apply_overrides(raw, overrides or [])
-    if "name" not in raw and recipe is not None:
-        raw["name"] = Path(recipe).stem
+    if "name" not in raw and recipe is not None:  # a file's stem, made plain (see Recipe._plain_name)
+        raw["name"] = re.sub(r"[^A-Za-z0-9._-]", "-", Path(recipe).stem).lstrip(".")[:100] or "custom"
     return validate_recipe(raw, source)

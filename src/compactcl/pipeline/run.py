@@ -2,7 +2,9 @@
 
 Run folder layout::
 
-    RUN/recipe.yaml             the recipe as run (resume checks it)
+    RUN/.compactcl-run          marker: the folder is compactcl's (written first; see pipeline/folder.py)
+    RUN/.compactcl-run.lock     flock'ed by the run writing the folder
+    RUN/recipe.yaml             the recipe as started, recorded once (resume is checked against it)
     RUN/metrics.json            schema compactcl.metrics/1, rewritten after every task
     RUN/tasks/NN/working.safetensors   working model after task NN (+ spec, stream meta)
     RUN/tasks/NN/deployed.*     the deployed model after task NN
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from safetensors.torch import load_file, save as st_save
 from torch import nn
 
@@ -38,9 +39,10 @@ from ..metrics.continual import summarize
 from ..metrics.model_stats import count_flops, count_params, fp32_bytes
 from ..models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from ..models.net import IncrementalNet
-from ..utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..utils.atomic import atomic_write_bytes, atomic_write_json
 from ..utils import distributed as dist
 from .deploy import DeployContext, Deployer, IdentityDeployer
+from .folder import check_out, claim_run_folder, clean_stale_temps, record_changes, recorded_recipe
 from .recipe import Recipe
 from .stream import build_stream, stream_meta
 
@@ -197,11 +199,13 @@ def _load_state(path: Path, state: LearnerState, stream: Stream) -> LearnerState
     return state
 
 
-def _metrics_doc(recipe: Recipe, stream: Stream, rows: list[dict[str, Any]], status: str, note: str) -> dict[str, Any]:
+def _metrics_doc(recorded: dict[str, Any], stream: Stream, rows: list[dict[str, Any]], status: str, note: str,
+                 changes: list[dict[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "schema": METRICS_SCHEMA,
         "status": status,
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": recorded,  # as started (recipe.yaml); later export.*/log.* changes: recipe_changes
+        **({"recipe_changes": changes} if changes else {}),
         "class_order": stream.class_order,
         "deployed_note": note,
         "tasks": rows,
@@ -210,6 +214,21 @@ def _metrics_doc(recipe: Recipe, stream: Stream, rows: list[dict[str, Any]], sta
         doc["summary"] = {which: summarize([r["accuracy"][which] for r in rows]) for which in ("working", "deployed")}
         doc["summary"]["bytes"] = {"working_fp32": rows[-1]["bytes"]["fp32"], "deployed": rows[-1]["bytes"]["deployed"]}
     return doc
+
+
+def _read_rows(metrics_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The finished tasks' rows and recorded recipe changes of a run being resumed."""
+    try:
+        doc = json.loads(metrics_path.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise CompactCLError(f"cannot resume: {metrics_path} is not a compactcl metrics file "
+                             f"({type(e).__name__}); start a new --out") from None
+    rows = doc.get("tasks") if isinstance(doc, dict) else None
+    changes = doc.get("recipe_changes", []) if isinstance(doc, dict) else []
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows) or not isinstance(changes, list):
+        raise CompactCLError(f"cannot resume: {metrics_path} is not a compactcl metrics file (its 'tasks' is not a "
+                             "list of task rows); start a new --out")
+    return rows, changes
 
 
 def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: bool = True,
@@ -221,16 +240,19 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
     (an :class:`~compactcl.models.protocol.IncrementalModel`, e.g. ``from_module(...)``) replaces the
     model the recipe's ``model:`` section would build — its head is emptied: the run grows it task by task.
     """
+    out = Path(out)
     if recipe.ladder is not None:
         from .ladder import run_ladder
 
         if dist.maybe_init(recipe.device):
             raise CompactCLError("the ladder recipe runs on one process; launch it without torchrun")
-        return run_ladder(recipe, out, resume=resume, progress=progress, log=log)
-    out = Path(out)
+        with claim_run_folder(out, recipe.model_dump(mode="json"), resume, log):
+            return run_ladder(recipe, out, resume=resume, progress=progress, log=log)
     if dist.maybe_init(recipe.device) and not dist.is_main():
+        check_out(out, resume)  # refused on rank 0 too: every rank stops before the barrier
         return _follow(recipe, out, resume, deployer, _Given(dataset, model))
-    return _run(recipe, out, resume, progress, deployer, log, _Given(dataset, model))
+    with claim_run_folder(out, recipe.model_dump(mode="json"), resume, log) as folder:
+        return _run(recipe, out, resume, progress, deployer, log, folder.recorded, _Given(dataset, model))
 
 
 @dataclass(frozen=True)
@@ -250,20 +272,18 @@ def _follow(recipe: Recipe, out: Path, resume: bool, deployer: Deployer | None, 
     try:
         if out.is_dir():
             shutil.copytree(out, scratch, dirs_exist_ok=True)
-        return _run(recipe, scratch, resume, False, deployer, lambda _msg: None, given)
+        recorded = recorded_recipe(scratch) or recipe.model_dump(mode="json")
+        return _run(recipe, scratch, resume, False, deployer, lambda _msg: None, recorded, given)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Deployer | None,
-         log: Callable[[str], None], given: _Given) -> dict[str, Any]:
-    recipe_text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+         log: Callable[[str], None], recorded: dict[str, Any], given: _Given) -> dict[str, Any]:
     metrics_path = out / "metrics.json"
     if metrics_path.exists() and not resume:
-        raise CompactCLError(f"{out} already holds a run; continue it with --resume, or choose another --out")
-    if resume and (out / "recipe.yaml").exists() and (out / "recipe.yaml").read_text() != recipe_text:
-        raise CompactCLError(f"{out} was started with a different recipe; resume with the same recipe and --set "
-                             f"values (see {out / 'recipe.yaml'}), or start a new --out")
+        raise CompactCLError(f"{out} already holds a run; continue it with `compactcl run --resume {out}`, "
+                             "or choose another --out")
     device = dist.resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
     stream = build_stream(recipe, given.dataset)
@@ -271,27 +291,24 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     given_first = (first_task_model(recipe, stream) if recipe.model.first_task_from and not metrics_path.exists()
                    else None)
     dist.barrier()  # every rank has checked (and a follower copied) the folder before rank 0 writes to it
-    atomic_write_text(out / "recipe.yaml", recipe_text)
 
     learner = learner_class(recipe.learner.name)(recipe.learner)
     working = given_model(recipe, given.model) if given.model is not None else new_model(recipe, stream)
     state = LearnerState(working.to(device), ExemplarMemory(recipe.memory.size,
                          recipe.memory.selection, recipe.seed), train_config(recipe, device, progress))
     rows: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
     if resume:
-        for stale in out.glob("**/.*.tmp"):  # temp files of a killed writer (never renamed into place)
-            stale.unlink(missing_ok=True)
+        clean_stale_temps(out)  # temp files of a killed writer (never renamed into place); marked folders only
     if resume and metrics_path.exists():
-        try:
-            rows = json.loads(metrics_path.read_text())["tasks"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CompactCLError(f"cannot resume: {metrics_path} is not a compactcl metrics file ({e}); "
-                                 "start a new --out") from e
+        rows, changes = _read_rows(metrics_path)
         if rows:
             last = out / "tasks" / f"{len(rows) - 1:02d}"
             state.model = load_checkpoint(last / "working.safetensors").to(device)
             state = _load_state(last / "state.safetensors", state, stream)
-            log(f"resuming {out} after task {len(rows) - 1}")
+            log(f"resuming {out} after task {len(rows) - 1}" if len(rows) < len(stream) else
+                f"{out} is complete ({len(rows)} tasks); nothing to do. Report: {out / 'report.html'}")
+    changes = record_changes(recorded, recipe.model_dump(mode="json"), changes, len(rows))
     if deployer is None and recipe.compress is not None:
         from .compress import CompressDeployer
 
@@ -356,7 +373,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             })
             _save_state(task_dir / "state.safetensors", state)
             _publish_final(out, task_dir, deployer.files)
-            atomic_write_json(metrics_path, _metrics_doc(recipe, stream, rows, "running", deployer.note))
+            atomic_write_json(metrics_path, _metrics_doc(recorded, stream, rows, "running", deployer.note, changes))
             if tb is not None:
                 tb.log_task(task.index, rows[-1], {w: accuracy_matrix(rows, w) for w in ("working", "deployed")})
             if tasks_bar is not None:
@@ -367,7 +384,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             tb.close()
         if tasks_bar is not None:
             tasks_bar.close()
-    doc = _metrics_doc(recipe, stream, rows, "complete", deployer.note)
+    doc = _metrics_doc(recorded, stream, rows, "complete", deployer.note, changes)
     atomic_write_json(metrics_path, doc)
     from ..report.html import write_report
 
