@@ -21,6 +21,7 @@ splits of the tasks seen so far, never the test split.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,11 @@ class CompressDeployer(Deployer):
     state_files = ("student.safetensors",)
     note = "deployed = working compressed by the recipe's compress steps into a packed .ccl artifact"
 
-    def __init__(self, config: CompressConfig, export_onnx: bool = False, int8: bool = False):
+    def __init__(self, config: CompressConfig, export_onnx: bool = False, int8: bool = False, strict: bool = False):
         self.config = config
         self.export_onnx = export_onnx
         self.int8 = int8
+        self.strict = strict  # export checks stop the run (else: recorded + a warning)
         self.student: nn.Module | None = None  # the previous task's fp32 student
 
     def resume(self, task_dir: Path) -> None:
@@ -115,7 +117,18 @@ class CompressDeployer(Deployer):
             else:  # quantize (the last step): the search sizes weights only; the file also carries the header
                 search_limit = None if limit is None else \
                     limit - (artifact_nbytes(model, ctx.meta) - artifact_nbytes(model))
-                model, info = _quantize(model, teacher, step, data, val, search_limit, config, device, seed)
+                before = copy.deepcopy(model) if limit is not None and self.export_onnx else None
+                model, info = _quantize(copy.deepcopy(model), teacher, step, data, val, search_limit, config, device,
+                                        seed)
+                # the device file is the ONNX (codes + graph + metadata): search again while it is over the budget
+                for _ in range(3 if before is not None else 0):
+                    over = _onnx_nbytes(model, ctx) - limit
+                    if over <= 0:
+                        break
+                    search_limit -= over
+                    model, info2 = _quantize(copy.deepcopy(before), teacher, step, data, val, search_limit, config,
+                                             device, seed)
+                    info = {**info2, "onnx_search_limit": search_limit}
             report["steps"].append({kind: info})
         model.eval()
         path = ctx.task_dir / self.files[0]
@@ -132,7 +145,7 @@ class CompressDeployer(Deployer):
         if self.student is not None:
             save_checkpoint(self.student, ctx.task_dir / self.state_files[0], ctx.meta)
         if self.export_onnx or config.budget.latency_ms:
-            report["onnx"] = _export(model, ctx, self.int8, config.budget)
+            report["onnx"] = _export(model, ctx, self.int8, config.budget, limit, self.strict)
             if config.budget.latency_ms and report["onnx"]["latency_ms"] > config.budget.latency_ms:
                 b = config.budget
                 raise CompactCLError(f"task {task.index}: deployed latency {report['onnx']['latency_ms']:.3f} ms "
@@ -238,25 +251,73 @@ def _latency(model: nn.Module, input_shape: tuple[int, ...], budget: Budget) -> 
         return onnx_latency_ms(path, input_shape, budget.latency_batch, budget.latency_threads)
 
 
-def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget) -> dict[str, Any]:
-    """deployed.onnx (fp32) and, with ``int8``, deployed.int8.onnx — each checked against PyTorch on the
-    test split of the tasks seen (a check, never a choice); latency in ONNX Runtime."""
+def _onnx_nbytes(model: nn.Module, ctx: DeployContext) -> int:
+    """Size of the compressed, self-describing ONNX of ``model`` (written to a temporary folder)."""
+    import tempfile
+
+    from ..export.compressed import deploy_metadata, export_compressed_onnx
+
+    meta = deploy_metadata(ctx.meta, ctx.input_shape, None)
+    meta["source_sha256"] = "0" * 64  # same length as the real digest
+    with tempfile.TemporaryDirectory() as d:
+        return export_compressed_onnx(copy.deepcopy(model).cpu(), Path(d) / "m.onnx", ctx.input_shape, meta)
+
+
+def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget, limit: int | None,
+            strict: bool = False) -> dict[str, Any]:
+    """deployed.onnx — the weight codes decoded in the graph, self-describing — checked against
+    ``compactcl.load(deployed.ccl)`` on the test split of the tasks seen (a check, never a choice),
+    and, with ``int8``, deployed.int8.onnx (QDQ from the fp32 graph); latency in ONNX Runtime.
+    A failed check is recorded and warned about; ``strict`` makes it stop the run."""
+    import warnings
+
+    from ..export.artifact import load_artifact
+    from ..export.compressed import check_against, deploy_metadata, export_compressed_onnx
     from ..export.onnx import export_checked
     from ..metrics.latency import onnx_latency_ms
 
     input_shape, folder = ctx.input_shape, ctx.task_dir
     test = ctx.seen_test()
     cpu_model = copy.deepcopy(model).cpu().eval()
-    out = export_checked(cpu_model, folder / "deployed.onnx", input_shape, test.x, test.y, latency=False)
-    out["path"] = "deployed.onnx"  # beside the .ccl: a run folder stays valid when moved (and resumes exactly)
-    out["latency_ms"] = onnx_latency_ms(folder / "deployed.onnx", input_shape, budget.latency_batch,
-                                        budget.latency_threads)
+    ccl, onnx_path = folder / "deployed.ccl", folder / "deployed.onnx"
+    props = deploy_metadata(ctx.meta, input_shape, ccl)
+    nbytes = export_compressed_onnx(copy.deepcopy(cpu_model), onnx_path, input_shape, props)
+    # the reference is the file the budget counts, read back as a user would
+    check = check_against(onnx_path, load_artifact(ccl), test.x, test.y)
+    # beside the .ccl: a run folder stays valid when moved (and resumes exactly)
+    out: dict[str, Any] = {"format": "onnx-codes", "path": "deployed.onnx", "bytes": nbytes,
+                           "within_budget": None if limit is None else nbytes <= limit,
+                           "class_names": json.loads(props["class_names"]), **check,
+                           "latency_ms": onnx_latency_ms(onnx_path, input_shape, budget.latency_batch,
+                                                         budget.latency_threads)}
+    problems = []
+    if check["agreement"] < 1.0:
+        problems.append(f"deployed.onnx agrees with deployed.ccl on {check['agreement']:.2%} of the test images "
+                        f"(max |dlogit| {check['max_abs_logit_diff']:.2e})")
+    if limit is not None and nbytes > limit:
+        problems.append(f"deployed.onnx is {nbytes} bytes, over the budget of {limit}")
     if int8:
         calib = TensorData.cat([t.train for t in ctx.seen]).x
         calib = calib[torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))[:512]]
-        q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
-                           calib_x=calib, latency=False)
-        out["int8"] = {"bytes": q["bytes"], "accuracy": q["accuracy"], "agreement": q["agreement"],
-                       "latency_ms": onnx_latency_ms(folder / "deployed.int8.onnx", input_shape,
-                                                     budget.latency_batch, budget.latency_threads)}
+        try:
+            q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
+                               calib_x=calib, latency=False, max_int8_drop=1.0)
+        except CompactCLError as e:
+            problems.append(str(e))
+        else:
+            out["int8"] = {"bytes": q["bytes"], "accuracy": q["accuracy"], "agreement": q["agreement"],
+                           "torch_accuracy": q["torch_accuracy"],
+                           "latency_ms": onnx_latency_ms(folder / "deployed.int8.onnx", input_shape,
+                                                         budget.latency_batch, budget.latency_threads)}
+            drop = q["torch_accuracy"] - q["accuracy"]
+            if drop > 0.01:
+                problems.append(f"ONNX int8 accuracy {q['accuracy']:.4f} is {drop:.4f} below PyTorch "
+                                f"({q['torch_accuracy']:.4f}), more than 0.01")
+    if problems:
+        out["problems"] = problems
+        msg = f"task {ctx.task.index}: export check: " + "; ".join(problems)
+        if strict:
+            raise CompactCLError(msg + " (export.strict is on; set export.strict=false to record and go on)")
+        warnings.warn(msg + " — recorded in metrics.json; the run goes on (export.strict=true stops it)",
+                      stacklevel=2)
     return out

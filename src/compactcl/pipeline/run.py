@@ -251,7 +251,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     if deployer is None and recipe.compress is not None:
         from .compress import CompressDeployer
 
-        deployer = CompressDeployer(recipe.compress, recipe.export.onnx, recipe.export.int8)
+        deployer = CompressDeployer(recipe.compress, recipe.export.onnx, recipe.export.int8, recipe.export.strict)
     deployer = deployer or IdentityDeployer()
     if rows:
         deployer.resume(out / "tasks" / f"{len(rows) - 1:02d}")
