@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import CompactCLError
 
-__version__ = "0.1.0"
+from .utils.version import __version__
 __all__ = ["load", "checkpoint_data", "CompactCLError", "__version__"]
 
 

@@ -198,7 +198,7 @@ def deploy_metadata(meta: Mapping[str, Any], input_shape: tuple[int, int, int], 
     ``normalization``: ``{"mean": [..], "std": [..]}`` per channel, for ``x = (pixel / 255 - mean) / std``
     on pixels 0..255 (``resize``/``interpolation`` too for image folders).
     """
-    from .. import __version__
+    from ..utils.version import __version__
 
     stream = meta.get("stream") or {}
     ids = [int(c) for c in meta.get("classes") or []]
