@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -96,7 +96,8 @@ class CompressDeployer(Deployer):
         self.student = load_checkpoint(path) if path.exists() else None
 
     def deploy(self, working: nn.Module, ctx: DeployContext) -> Deployed:
-        from ..export.artifact import artifact_nbytes, save_artifact
+        from ..export.artifact import save_artifact
+        from ..export.compressed import describe
         from ..models.checkpoint import save_checkpoint
 
         config, task, device = self.config, ctx.task, ctx.device
@@ -105,6 +106,9 @@ class CompressDeployer(Deployer):
         data = deploy_data(task, ctx.memory, config.balance, seed)
         val = ctx.seen_val()
         limit = budget_bytes(config.budget, working)
+        # the .ccl says how to use it, as the ONNX does (class names, input, normalization, version)
+        d = describe(ctx.meta, ctx.input_shape)
+        meta = {**ctx.meta, **{k: d[k] for k in ("class_names", "input", "normalization", "compactcl_version")}}
         report: dict[str, Any] = {"budget_bytes": limit, "steps": []}
         model = copy.deepcopy(working)
         for kind, step in config.step_list():
@@ -114,25 +118,13 @@ class CompressDeployer(Deployer):
                 info = {"val_accuracy": accuracy(model, val)}
             elif kind == "prune":
                 model, info = _prune(model, teacher, step, data, val, ctx.input_shape, config, device, seed)
-            else:  # quantize (the last step): the search sizes weights only; the file also carries the header
-                search_limit = None if limit is None else \
-                    limit - (artifact_nbytes(model, ctx.meta) - artifact_nbytes(model))
-                before = copy.deepcopy(model) if limit is not None and self.export_onnx else None
-                model, info = _quantize(copy.deepcopy(model), teacher, step, data, val, search_limit, config, device,
-                                        seed)
-                # the device file is the ONNX (codes + graph + metadata): search again while it is over the budget
-                for _ in range(3 if before is not None else 0):
-                    over = _onnx_nbytes(model, ctx) - limit
-                    if over <= 0:
-                        break
-                    search_limit -= over
-                    model, info2 = _quantize(copy.deepcopy(before), teacher, step, data, val, search_limit, config,
-                                             device, seed)
-                    info = {**info2, "onnx_search_limit": search_limit}
+            else:  # quantize (the last step): sized as the files it ships as, header and metadata included
+                model, info = _quantize(model, teacher, step, data, val, limit, config, device, seed,
+                                        _size_of(ctx, meta, self.export_onnx))
             report["steps"].append({kind: info})
         model.eval()
         path = ctx.task_dir / self.files[0]
-        nbytes = save_artifact(model, path, ctx.meta)
+        nbytes = save_artifact(model, path, meta)
         report.update({"bytes": nbytes, "val_accuracy": accuracy(model, val),
                        "teacher_val_accuracy": accuracy(teacher, val)})
         if limit is not None:
@@ -207,10 +199,20 @@ def _prune(model: nn.Module, teacher: nn.Module, step: PruneStep, data: TensorDa
     return model, {"ratio": 0.0, "val_accuracy": base, "tried": tried, "note": "no ratio met the tolerance"}
 
 
-def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
-              limit: int | None, config: CompressConfig, device: str, seed: int) -> tuple[nn.Module, dict]:
-    from ..compress.quantize import QATConfig, config_for, get_method, qat_, search_layer_bits, search_model_bits
+def _size_of(ctx: DeployContext, meta: dict[str, Any], onnx: bool) -> Callable[[nn.Module], int]:
+    """Bytes a quantized model ships as: its ``.ccl`` (with this task's header) and, when the run
+    exports one, its compressed ONNX — both must fit the budget, so the search sees the larger."""
     from ..export.artifact import artifact_nbytes
+
+    if not onnx:
+        return lambda m: artifact_nbytes(m, meta)
+    return lambda m: max(artifact_nbytes(m, meta), _onnx_nbytes(m, ctx))
+
+
+def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
+              limit: int | None, config: CompressConfig, device: str, seed: int,
+              size_of: Callable[[nn.Module], int]) -> tuple[nn.Module, dict]:
+    from ..compress.quantize import QATConfig, config_for, get_method, qat_, search_layer_bits, search_model_bits
 
     method = get_method(step.method)
     extra = method.accepted({"per_channel": step.per_channel})  # e.g. k-means has one codebook per layer
@@ -219,10 +221,10 @@ def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: Te
         choices = tuple(b for b in step.choices if b >= method.min_bits)
         if limit is not None:
             res = search_layer_bits(model, step.method, val, tolerance=None, budget_bytes=limit, choices=choices,
-                                    size_of=artifact_nbytes, **extra)
+                                    size_of=size_of, **extra)
         else:
             res = search_model_bits(model, step.method, val, tolerance=config.tolerance, choices=choices,
-                                    size_of=artifact_nbytes, **extra)
+                                    size_of=size_of, **extra)
         qcfg = res.config
         info.update({"bits": res.bits, "search_met": res.met, "search_bytes": res.bytes})
     else:

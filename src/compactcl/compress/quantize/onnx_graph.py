@@ -111,9 +111,17 @@ class DecodeGraph:
     # ------------------------------------------------------------------------------- lookup
     def lookup(self, table: np.ndarray, codes: np.ndarray, bits: int, axis: int | None) -> str:
         """float32 ``table[codes]``: ``table`` is (K,) for one grid per tensor, or (C, K) with one
-        row per output channel (``axis=0``) — the codebook path every grid can take."""
+        row per output channel (``axis=0``) — the codebook path every grid can take.
+
+        Only the table entries some code uses are stored (codes re-indexed into them, same width,
+        same decoded values): an 8-bit k-means codebook of a 96-weight head is 256 floats, of
+        which at most 96 are ever read — 640 bytes a small budget cannot spare."""
         shape = tuple(codes.shape)
-        table_name = self.float_values(np.asarray(table, dtype=np.float32))
+        table, codes = np.asarray(table, dtype=np.float32), np.asarray(codes)
+        used = np.unique(codes)
+        if 0 < len(used) < table.shape[-1]:
+            table, codes = table[..., used], np.searchsorted(used, codes)
+        table_name = self.float_values(table)
         if axis is None:
             return self.op("Gather", [table_name, self.codes(codes, bits)])
         if axis != 0:
