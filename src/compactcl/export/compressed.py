@@ -35,8 +35,8 @@ from ..compress.quantize.state import quantized_layers
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
 
-__all__ = ["export_compressed_onnx", "export_dense_onnx", "deploy_metadata", "read_metadata", "check_against",
-           "METADATA_KEYS"]
+__all__ = ["export_compressed_onnx", "export_dense_onnx", "describe", "deploy_metadata", "read_metadata",
+           "check_against", "METADATA_KEYS"]
 
 METADATA_KEYS = ("class_names", "class_ids", "input_layout", "input_channels", "input_size", "normalization",
                  "task", "recipe", "compactcl_version", "source_sha256")
@@ -191,30 +191,40 @@ def _per_channel(value: Any, channels: int) -> list[float]:
     return [float(value)] * channels
 
 
-def deploy_metadata(meta: Mapping[str, Any], input_shape: tuple[int, int, int], source: str | os.PathLike | None,
-                    ) -> dict[str, str]:
-    """``metadata_props`` of a deployed ONNX from a task's file meta (stream, task, classes, recipe).
-
-    ``normalization``: ``{"mean": [..], "std": [..]}`` per channel, for ``x = (pixel / 255 - mean) / std``
-    on pixels 0..255 (``resize``/``interpolation`` too for image folders).
-    """
+def describe(meta: Mapping[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """How to use a deployed model, from its task's file meta (stream, task, classes, recipe): class
+    names in output order, dataset class ids, input layout/channels/size, per-channel normalization
+    (``x = (pixel / 255 - mean) / std`` on pixels 0..255; ``resize``/``interpolation`` too for image
+    folders), task, recipe and compactcl version. The ``.ccl`` header carries it as is; the ONNX as
+    ``metadata_props`` (:func:`deploy_metadata`)."""
     from ..utils.version import __version__
 
     stream = meta.get("stream") or {}
     ids = [int(c) for c in meta.get("classes") or []]
     names = list(stream.get("class_names") or [])
-    out_names = [str(names[c]) if c < len(names) else str(c) for c in ids]
     norm = dict(stream.get("normalization") or {})
-    channels, size = int(input_shape[0]), int(input_shape[-1])
+    channels, size = int(input_shape[-3]), int(input_shape[-1])
     normalization = {"mean": _per_channel(norm.get("mean", 0.0), channels),
                      "std": _per_channel(norm.get("std", 1.0), channels)}
     for k in ("resize", "interpolation"):
         if k in norm:
             normalization[k] = norm[k]
-    props = {"class_names": json.dumps(out_names), "class_ids": json.dumps(ids), "input_layout": "NCHW",
-             "input_channels": str(channels), "input_size": str(size),
-             "normalization": json.dumps(normalization, separators=(",", ":")),
-             "task": str(meta.get("task", "")), "recipe": str(meta.get("recipe", "")), "compactcl_version": __version__}
+    return {"class_names": [str(names[c]) if c < len(names) else str(c) for c in ids], "class_ids": ids,
+            "input": {"layout": "NCHW", "channels": channels, "size": size}, "normalization": normalization,
+            "task": meta.get("task"), "recipe": meta.get("recipe"), "compactcl_version": __version__}
+
+
+def deploy_metadata(meta: Mapping[str, Any], input_shape: tuple[int, int, int], source: str | os.PathLike | None,
+                    ) -> dict[str, str]:
+    """``metadata_props`` of a deployed ONNX: :func:`describe` as strings, plus the sha256 of ``source``
+    (the ``.ccl`` it was made from)."""
+    d = describe(meta, input_shape)
+    props = {"class_names": json.dumps(d["class_names"]), "class_ids": json.dumps(d["class_ids"]),
+             "input_layout": d["input"]["layout"], "input_channels": str(d["input"]["channels"]),
+             "input_size": str(d["input"]["size"]),
+             "normalization": json.dumps(d["normalization"], separators=(",", ":")),
+             "task": "" if d["task"] is None else str(d["task"]), "recipe": str(d["recipe"] or ""),
+             "compactcl_version": d["compactcl_version"]}
     if source is not None:
         props["source_sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     return props

@@ -174,6 +174,7 @@ def _metrics_doc(recipe: Recipe, stream: Stream, rows: list[dict[str, Any]], sta
         "status": status,
         "recipe": recipe.model_dump(mode="json"),
         "class_order": stream.class_order,
+        "class_names": list(stream.dataset.class_names),  # by dataset class id (tasks[i].classes)
         "deployed_note": note,
         "tasks": rows,
     }
