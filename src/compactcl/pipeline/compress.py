@@ -96,7 +96,7 @@ class CompressDeployer(Deployer):
         self.student = load_checkpoint(path) if path.exists() else None
 
     def deploy(self, working: nn.Module, ctx: DeployContext) -> Deployed:
-        from ..export.artifact import save_artifact
+        from ..export.artifact import artifact_breakdown, save_artifact
         from ..export.compressed import describe
         from ..models.checkpoint import save_checkpoint
 
@@ -125,7 +125,8 @@ class CompressDeployer(Deployer):
         model.eval()
         path = ctx.task_dir / self.files[0]
         nbytes = save_artifact(model, path, meta)
-        report.update({"bytes": nbytes, "val_accuracy": accuracy(model, val),
+        report.update({"bytes": nbytes, "breakdown": artifact_breakdown(model, meta),  # codes/tables/header
+                       "val_accuracy": accuracy(model, val),
                        "teacher_val_accuracy": accuracy(teacher, val)})
         if limit is not None:
             report["within_budget"] = nbytes <= limit
