@@ -10,7 +10,7 @@ from safetensors import safe_open
 import compactcl
 from compactcl.compress.quantize import KMeansQuantConfig, LinearQuantConfig, LogQuantConfig, quantize_, quantized_layers
 from compactcl.errors import CompactCLError
-from compactcl.export.artifact import FORMAT, artifact_nbytes, load_artifact, save_artifact
+from compactcl.export.artifact import FORMAT, artifact_breakdown, artifact_nbytes, load_artifact, save_artifact
 from compactcl.models import IncrementalNet
 from compactcl.models.checkpoint import model_from_state
 
@@ -62,6 +62,12 @@ def test_codes_take_their_bits(tmp_path):
         assert payload <= size <= payload + 1500, (b, size)  # + fp16 biases (532 B) and the header
     assert fp32 >= 4 * n_weights
     assert sizes[4] < 0.15 * fp32
+    # the breakdown: codes are exactly n_weights * 4 bits, and the three parts sum to the file
+    net4 = quantize_(_net("mlp", {"hidden": [256]}), KMeansQuantConfig(bits=4))
+    parts = artifact_breakdown(net4, {"note": "t"})
+    assert parts["codes"] == n_weights * 4 // 8 and parts["tables"] >= 2 * 4 * 16
+    assert sum(parts.values()) == artifact_nbytes(net4, {"note": "t"})
+    assert parts["header"] > len(json.dumps(net4.spec))
 
 
 def test_sparse_weights_stored_compactly(tmp_path):

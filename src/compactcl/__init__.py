@@ -8,7 +8,8 @@ from typing import Any
 
 from .errors import CompactCLError
 
-__version__ = "0.1.0"
+from .utils.version import __version__
+
 __all__ = ["run", "load", "checkpoint_data", "CompactCLError", "__version__"]
 
 

@@ -9,7 +9,7 @@ import sys
 from ..errors import CompactCLError
 
 # Each module defines add_parser(subparsers) and run(args) -> int.
-COMMANDS = ["run", "list", "quantize", "export", "prune", "sensitivity", "report", "compare"]
+COMMANDS = ["run", "list", "quantize", "export", "prune", "sensitivity", "report", "compare", "predict"]
 
 
 def build_parser() -> argparse.ArgumentParser:

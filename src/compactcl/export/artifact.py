@@ -48,7 +48,7 @@ from ..models.checkpoint import file_digest, model_from_state, read_header, veri
 from ..utils.atomic import atomic_write_bytes
 from .sparse import best_index_bits, decode_positions, encode_gaps, entries_for
 
-__all__ = ["save_artifact", "load_artifact", "pack_artifact", "artifact_nbytes", "FORMAT"]
+__all__ = ["save_artifact", "load_artifact", "pack_artifact", "artifact_nbytes", "artifact_breakdown", "FORMAT"]
 
 # /2: the sha256 covers the header (codebooks, scales, shapes live there) as well as the tensors;
 # /1 artifacts (tensor-only digest) are still read.
@@ -61,6 +61,7 @@ _NP = {"u8": np.uint8, "f16": np.float16, "f32": np.float32}
 class _Writer:
     def __init__(self) -> None:
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in _BLOBS}
+        self.code_bytes = 0  # of the u8 blob, the packed weight codes (the rest: grids, sparse indices)
 
     def put(self, blob: str, a: np.ndarray) -> None:
         self.parts[blob].append(np.ascontiguousarray(a, dtype=_NP[blob]).reshape(-1))
@@ -137,9 +138,11 @@ def _write_quant(wr: _Writer, name: str, w: torch.Tensor, wq: WeightQuant) -> di
     entry: dict[str, Any] = {"shape": list(w.shape), "enc": wq.method, "bits": wq.bits}
     if sparse is not None:
         _put_sparse(wr, entry, *sparse)
-        wr.put("u8", pack_bits(codes[mask].numpy(), wq.bits))
+        packed = pack_bits(codes[mask].numpy(), wq.bits)
     else:
-        wr.put("u8", pack_bits(codes.numpy(), wq.bits))
+        packed = pack_bits(codes.numpy(), wq.bits)
+    wr.put("u8", packed)
+    wr.code_bytes += packed.size
     if wq.axis is not None:
         entry["axis"] = wq.axis
     wq.quant_method.write_grid(wq, entry, wr)  # the method's header keys and grid tensors follow the codes
@@ -194,12 +197,7 @@ def _read_float(rd: _Reader, entry: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(flat).reshape(shape)
 
 
-def pack_artifact(model: nn.Module, meta: dict[str, Any] | None = None, half: bool = False) -> bytes:
-    """The artifact's bytes (what :func:`save_artifact` writes).
-
-    ``half=True`` also stores unquantized float weights in fp16 (lossy for them; quantized
-    weights and fp16-exact tensors are always stored exactly).
-    """
+def _pack(model: nn.Module, meta: dict[str, Any] | None, half: bool) -> tuple[bytes, dict[str, int]]:
     if not hasattr(model, "spec"):
         raise CompactCLError(f"{type(model).__name__} has no .spec; pack compactcl models "
                              "(IncrementalNet/DERNet) or wrap yours with compactcl.from_module().")
@@ -224,7 +222,25 @@ def pack_artifact(model: nn.Module, meta: dict[str, Any] | None = None, half: bo
     tensors = wr.tensors()
     header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "layers": layers}
     header["sha256"] = file_digest(tensors, header)
-    return st_save(tensors, metadata={"compactcl": json.dumps(header, separators=(",", ":"))})
+    data = st_save(tensors, metadata={"compactcl": json.dumps(header, separators=(",", ":"))})
+    stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    return data, {"codes": wr.code_bytes, "tables": stored - wr.code_bytes, "header": len(data) - stored}
+
+
+def pack_artifact(model: nn.Module, meta: dict[str, Any] | None = None, half: bool = False) -> bytes:
+    """The artifact's bytes (what :func:`save_artifact` writes).
+
+    ``half=True`` also stores unquantized float weights in fp16 (lossy for them; quantized
+    weights and fp16-exact tensors are always stored exactly).
+    """
+    return _pack(model, meta, half)[0]
+
+
+def artifact_breakdown(model: nn.Module, meta: dict[str, Any] | None = None, half: bool = False) -> dict[str, int]:
+    """Where the artifact's bytes go: ``codes`` (packed weight codes), ``tables`` (codebooks, scales,
+    sparse indices, unquantized tensors) and ``header`` (JSON header and safetensors framing);
+    they sum to its size."""
+    return _pack(model, meta, half)[1]
 
 
 def artifact_nbytes(model: nn.Module, meta: dict[str, Any] | None = None) -> int:

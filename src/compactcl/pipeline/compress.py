@@ -21,8 +21,9 @@ splits of the tasks seen so far, never the test split.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -109,10 +110,11 @@ class CompressDeployer(Deployer):
     state_files = ("student.safetensors",)
     note = "deployed = working compressed by the recipe's compress steps into a packed .ccl artifact"
 
-    def __init__(self, config: CompressConfig, export_onnx: bool = False, int8: bool = False):
+    def __init__(self, config: CompressConfig, export_onnx: bool = False, int8: bool = False, strict: bool = False):
         self.config = config
         self.export_onnx = export_onnx
         self.int8 = int8
+        self.strict = strict  # export checks stop the run (else: recorded + a warning)
         self.student: nn.Module | None = None  # the previous task's fp32 student
 
     def resume(self, task_dir: Path) -> None:
@@ -122,7 +124,8 @@ class CompressDeployer(Deployer):
         self.student = load_checkpoint(path) if path.exists() else None
 
     def deploy(self, working: nn.Module, ctx: DeployContext) -> Deployed:
-        from ..export.artifact import artifact_nbytes, save_artifact
+        from ..export.artifact import artifact_breakdown, save_artifact
+        from ..export.compressed import describe
         from ..models.checkpoint import save_checkpoint
 
         config, task, device = self.config, ctx.task, ctx.device
@@ -131,6 +134,9 @@ class CompressDeployer(Deployer):
         data = deploy_data(task, ctx.kept, ctx.memory, config.balance, seed)
         val = ctx.seen_val()
         limit = budget_bytes(config.budget, working)
+        # the .ccl says how to use it, as the ONNX does (class names, input, normalization, version)
+        d = describe(ctx.meta, ctx.input_shape)
+        meta = {**ctx.meta, **{k: d[k] for k in ("class_names", "input", "normalization", "compactcl_version")}}
         report: dict[str, Any] = {"budget_bytes": limit, "steps": []}
         model = copy.deepcopy(working)
         for kind, step in config.step_list():
@@ -140,15 +146,15 @@ class CompressDeployer(Deployer):
                 info = {"val_accuracy": accuracy(model, val)}
             elif kind == "prune":
                 model, info = _prune(model, teacher, step, data, val, ctx.input_shape, config, device, seed)
-            else:  # quantize (the last step): the search sizes weights only; the file also carries the header
-                search_limit = None if limit is None else \
-                    limit - (artifact_nbytes(model, ctx.meta) - artifact_nbytes(model))
-                model, info = _quantize(model, teacher, step, data, val, search_limit, config, device, seed)
+            else:  # quantize (the last step): sized as the files it ships as, header and metadata included
+                model, info = _quantize(model, teacher, step, data, val, limit, config, device, seed,
+                                        _size_of(ctx, meta, self.export_onnx))
             report["steps"].append({kind: info})
         model.eval()
         path = ctx.task_dir / self.files[0]
-        nbytes = save_artifact(model, path, ctx.meta)
-        report.update({"bytes": nbytes, "val_accuracy": accuracy(model, val),
+        nbytes = save_artifact(model, path, meta)
+        report.update({"bytes": nbytes, "breakdown": artifact_breakdown(model, meta),  # codes/tables/header
+                       "val_accuracy": accuracy(model, val),
                        "teacher_val_accuracy": accuracy(teacher, val)})
         report["warnings"] = quality_warnings(ctx, report["val_accuracy"], report["teacher_val_accuracy"],
                                               working.num_classes, config.warn_drop)
@@ -162,7 +168,7 @@ class CompressDeployer(Deployer):
         if self.student is not None:
             save_checkpoint(self.student, ctx.task_dir / self.state_files[0], ctx.meta)
         if self.export_onnx or config.budget.latency_ms:
-            report["onnx"] = _export(model, ctx, self.int8, config.budget)
+            report["onnx"] = _export(model, ctx, self.int8, config.budget, limit, self.strict)
             if config.budget.latency_ms and report["onnx"]["latency_ms"] > config.budget.latency_ms:
                 b = config.budget
                 raise CompactCLError(f"task {task.index}: deployed latency {report['onnx']['latency_ms']:.3f} ms "
@@ -224,10 +230,20 @@ def _prune(model: nn.Module, teacher: nn.Module, step: PruneStep, data: TensorDa
     return model, {"ratio": 0.0, "val_accuracy": base, "tried": tried, "note": "no ratio met the tolerance"}
 
 
-def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
-              limit: int | None, config: CompressConfig, device: str, seed: int) -> tuple[nn.Module, dict]:
-    from ..compress.quantize import QATConfig, config_for, get_method, qat_, search_layer_bits, search_model_bits
+def _size_of(ctx: DeployContext, meta: dict[str, Any], onnx: bool) -> Callable[[nn.Module], int]:
+    """Bytes a quantized model ships as: its ``.ccl`` (with this task's header) and, when the run
+    exports one, its compressed ONNX — both must fit the budget, so the search sees the larger."""
     from ..export.artifact import artifact_nbytes
+
+    if not onnx:
+        return lambda m: artifact_nbytes(m, meta)
+    return lambda m: max(artifact_nbytes(m, meta), _onnx_nbytes(m, ctx))
+
+
+def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
+              limit: int | None, config: CompressConfig, device: str, seed: int,
+              size_of: Callable[[nn.Module], int]) -> tuple[nn.Module, dict]:
+    from ..compress.quantize import QATConfig, config_for, get_method, qat_, search_layer_bits, search_model_bits
 
     method = get_method(step.method)
     extra = method.accepted({"per_channel": step.per_channel})  # e.g. k-means has one codebook per layer
@@ -236,10 +252,10 @@ def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: Te
         choices = tuple(b for b in step.choices if b >= method.min_bits)
         if limit is not None:
             res = search_layer_bits(model, step.method, val, tolerance=None, budget_bytes=limit, choices=choices,
-                                    size_of=artifact_nbytes, **extra)
+                                    size_of=size_of, **extra)
         else:
             res = search_model_bits(model, step.method, val, tolerance=config.tolerance, choices=choices,
-                                    size_of=artifact_nbytes, **extra)
+                                    size_of=size_of, **extra)
         qcfg = res.config
         info.update({"bits": res.bits, "search_met": res.met, "search_bytes": res.bytes})
     else:
@@ -268,25 +284,73 @@ def _latency(model: nn.Module, input_shape: tuple[int, ...], budget: Budget) -> 
         return onnx_latency_ms(path, input_shape, budget.latency_batch, budget.latency_threads)
 
 
-def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget) -> dict[str, Any]:
-    """deployed.onnx (fp32) and, with ``int8``, deployed.int8.onnx — each checked against PyTorch on the
-    test split of the tasks seen (a check, never a choice); latency in ONNX Runtime."""
+def _onnx_nbytes(model: nn.Module, ctx: DeployContext) -> int:
+    """Size of the compressed, self-describing ONNX of ``model`` (written to a temporary folder)."""
+    import tempfile
+
+    from ..export.compressed import deploy_metadata, export_compressed_onnx
+
+    meta = deploy_metadata(ctx.meta, ctx.input_shape, None)
+    meta["source_sha256"] = "0" * 64  # same length as the real digest
+    with tempfile.TemporaryDirectory() as d:
+        return export_compressed_onnx(copy.deepcopy(model).cpu(), Path(d) / "m.onnx", ctx.input_shape, meta)
+
+
+def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget, limit: int | None,
+            strict: bool = False) -> dict[str, Any]:
+    """deployed.onnx — the weight codes decoded in the graph, self-describing — checked against
+    ``compactcl.load(deployed.ccl)`` on the test split of the tasks seen (a check, never a choice),
+    and, with ``int8``, deployed.int8.onnx (QDQ from the fp32 graph); latency in ONNX Runtime.
+    A failed check is recorded and warned about; ``strict`` makes it stop the run."""
+    import warnings
+
+    from ..export.artifact import load_artifact
+    from ..export.compressed import check_against, deploy_metadata, export_compressed_onnx
     from ..export.onnx import export_checked
     from ..metrics.latency import onnx_latency_ms
 
     input_shape, folder = ctx.input_shape, ctx.task_dir
     test = ctx.seen_test()
     cpu_model = copy.deepcopy(model).cpu().eval()
-    out = export_checked(cpu_model, folder / "deployed.onnx", input_shape, test.x, test.y, latency=False)
-    out["path"] = "deployed.onnx"  # beside the .ccl: a run folder stays valid when moved (and resumes exactly)
-    out["latency_ms"] = onnx_latency_ms(folder / "deployed.onnx", input_shape, budget.latency_batch,
-                                        budget.latency_threads)
+    ccl, onnx_path = folder / "deployed.ccl", folder / "deployed.onnx"
+    props = deploy_metadata(ctx.meta, input_shape, ccl)
+    nbytes = export_compressed_onnx(copy.deepcopy(cpu_model), onnx_path, input_shape, props)
+    # the reference is the file the budget counts, read back as a user would
+    check = check_against(onnx_path, load_artifact(ccl), test.x, test.y)
+    # beside the .ccl: a run folder stays valid when moved (and resumes exactly)
+    out: dict[str, Any] = {"format": "onnx-codes", "path": "deployed.onnx", "bytes": nbytes,
+                           "within_budget": None if limit is None else nbytes <= limit,
+                           "class_names": json.loads(props["class_names"]), **check,
+                           "latency_ms": onnx_latency_ms(onnx_path, input_shape, budget.latency_batch,
+                                                         budget.latency_threads)}
+    problems = []
+    if check["agreement"] < 1.0:
+        problems.append(f"deployed.onnx agrees with deployed.ccl on {check['agreement']:.2%} of the test images "
+                        f"(max |dlogit| {check['max_abs_logit_diff']:.2e})")
+    if limit is not None and nbytes > limit:
+        problems.append(f"deployed.onnx is {nbytes} bytes, over the budget of {limit}")
     if int8:
         calib = TensorData.cat([t.train for t in ctx.seen]).x
         calib = calib[torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))[:512]]
-        q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
-                           calib_x=calib, latency=False)
-        out["int8"] = {"bytes": q["bytes"], "accuracy": q["accuracy"], "agreement": q["agreement"],
-                       "latency_ms": onnx_latency_ms(folder / "deployed.int8.onnx", input_shape,
-                                                     budget.latency_batch, budget.latency_threads)}
+        try:
+            q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
+                               calib_x=calib, latency=False, max_int8_drop=1.0)
+        except CompactCLError as e:
+            problems.append(str(e))
+        else:
+            out["int8"] = {"bytes": q["bytes"], "accuracy": q["accuracy"], "agreement": q["agreement"],
+                           "torch_accuracy": q["torch_accuracy"],
+                           "latency_ms": onnx_latency_ms(folder / "deployed.int8.onnx", input_shape,
+                                                         budget.latency_batch, budget.latency_threads)}
+            drop = q["torch_accuracy"] - q["accuracy"]
+            if drop > 0.01:
+                problems.append(f"ONNX int8 accuracy {q['accuracy']:.4f} is {drop:.4f} below PyTorch "
+                                f"({q['torch_accuracy']:.4f}), more than 0.01")
+    if problems:
+        out["problems"] = problems
+        msg = f"task {ctx.task.index}: export check: " + "; ".join(problems)
+        if strict:
+            raise CompactCLError(msg + " (export.strict is on; set export.strict=false to record and go on)")
+        warnings.warn(msg + " — recorded in metrics.json; the run goes on (export.strict=true stops it)",
+                      stacklevel=2)
     return out

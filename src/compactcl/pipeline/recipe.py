@@ -93,8 +93,9 @@ class LogConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    onnx: bool = False
-    int8: bool = False
+    onnx: bool = False  # deployed.onnx: the weight codes decoded in the graph, self-describing
+    int8: bool = False  # also deployed.int8.onnx (QDQ from the fp32 graph)
+    strict: bool = False  # a failed export check (agreement, int8 drop, ONNX over budget) stops the run
 
 
 class Recipe(_Strict):

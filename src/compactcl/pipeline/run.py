@@ -207,6 +207,7 @@ def _metrics_doc(recorded: dict[str, Any], stream: Stream, rows: list[dict[str, 
         "recipe": recorded,  # as started (recipe.yaml); later export.*/log.* changes: recipe_changes
         **({"recipe_changes": changes} if changes else {}),
         "class_order": stream.class_order,
+        "class_names": list(stream.dataset.class_names),  # by dataset class id (tasks[i].classes)
         "deployed_note": note,
         "tasks": rows,
     }
@@ -312,7 +313,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     if deployer is None and recipe.compress is not None:
         from .compress import CompressDeployer
 
-        deployer = CompressDeployer(recipe.compress, recipe.export.onnx, recipe.export.int8)
+        deployer = CompressDeployer(recipe.compress, recipe.export.onnx, recipe.export.int8, recipe.export.strict)
     deployer = deployer or IdentityDeployer()
     if rows:
         deployer.resume(out / "tasks" / f"{len(rows) - 1:02d}")
@@ -360,7 +361,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                 "classes": task.classes,
                 "accuracy": {"working": scores.working, "deployed": scores.deployed},
                 "bytes": {"fp32": fp32_bytes(state.model), "working_file": working_bytes,
-                          "deployed": deployed_path.stat().st_size, "update": update["bytes"]},
+                          "deployed": deployed_path.stat().st_size, "update": update["bytes"],
+                          **({"breakdown": extra["breakdown"]} if "breakdown" in extra else {})},
                 "update_kind": update["kind"],
                 "params": count_params(state.model),
                 "flops": count_flops(state.model, input_shape),

@@ -37,4 +37,4 @@ def stream_meta(recipe: Recipe, stream: Stream) -> dict[str, Any]:
     return {"dataset": d.dataset if d.dataset != IN_MEMORY else stream.dataset.name, "root": d.root, "dataset_options": d.options, "tasks": d.tasks,
             "classes_per_task": d.classes_per_task, "first_task_classes": d.first_task_classes,
             "seed": recipe.seed, "val_fraction": d.val_fraction, "class_order": stream.class_order,
-            "normalization": stream.dataset.normalization}
+            "normalization": stream.dataset.normalization, "class_names": list(stream.dataset.class_names)}

@@ -45,9 +45,10 @@ class SearchResult:
 SizeOf = Callable[[nn.Module], int]  # model -> bytes of the file it ships as
 
 
-def _evaluate(model: nn.Module, cfg: QuantConfig, val: TensorData, size_of: SizeOf) -> tuple[float, int, nn.Module]:
+def _evaluate(model: nn.Module, cfg: QuantConfig, val: TensorData, size_of: SizeOf | None,
+              ) -> tuple[float, int | None, nn.Module]:
     q = quantize_(copy.deepcopy(model), cfg)
-    return accuracy(q, val), size_of(q), q
+    return accuracy(q, val), None if size_of is None else size_of(q), q
 
 
 def search_model_bits(model: nn.Module, method: str, val: TensorData, tolerance: float = 0.01,
@@ -99,7 +100,8 @@ def search_layer_bits(model: nn.Module, method: str, val: TensorData, tolerance:
     for n in names:
         sens[n] = {}
         for b in choices:
-            acc, _, _ = _evaluate(model, config_for(method, b, include=(n,), **config_kwargs), val, size_of)
+            # accuracy only: a size_of may write a whole file (an ONNX export), and no size is used here
+            acc, _, _ = _evaluate(model, config_for(method, b, include=(n,), **config_kwargs), val, None)
             sens[n][b] = base - acc
             rows.append({"phase": "sensitivity", "layer": n, "bits": b, "val_accuracy": acc, "drop": base - acc,
                          "decision": "", "reason": "only this layer quantized"})

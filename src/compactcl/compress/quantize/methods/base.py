@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from ....errors import CompactCLError
+
+if TYPE_CHECKING:
+    from ..onnx_graph import DecodeGraph
 
 __all__ = ["QuantConfig", "QuantMethod", "QUANT_METHODS", "register_method", "get_method", "list_methods",
            "BlobWriter", "BlobReader", "LAYER_TYPES", "WeightQuant", "StraightThrough"]
@@ -138,10 +141,35 @@ class QuantMethod(ABC):
         return torch.where(mask, w, torch.zeros(())) if mask is not None else w
 
     def onnx_weight(self, wq: "WeightQuant", weight: torch.Tensor) -> torch.Tensor:
-        """The float initializer ONNX export uses for this layer: today the dequantized weight itself.
-        An in-graph decode (codes + grid as initializers, decode ops) would replace this hook."""
+        """The dense float weight the in-graph decode must reproduce (and a dense fp32 export holds)."""
         w = weight.detach().float().cpu()
         return self.dequantize(wq, self.encode(wq, w), w != 0)
+
+    # ------------------------------------------------------------------------------- ONNX
+    def onnx_table(self, wq: "WeightQuant", channels: int) -> np.ndarray:
+        """This grid as a codebook: float32 ``(2**bits,)``, or ``(channels, 2**bits)`` per output channel —
+        every value a code can decode to (default: :meth:`decode` of every code)."""
+        k = torch.arange(2 ** wq.bits, dtype=torch.int64)
+        grid = k if wq.axis is None else k.expand(channels, -1).contiguous()
+        return self.decode(wq, grid).numpy().astype(np.float32)
+
+    def onnx_decode(self, wq: "WeightQuant", codes: torch.Tensor, graph: "DecodeGraph") -> str:
+        """Add to ``graph`` the ops that turn this layer's ``codes`` (int64, the weight's shape) into
+        float32 weights equal to :meth:`decode`; return the output's name. Default: the codebook path,
+        bit-packed codes -> ``Gather`` in :meth:`onnx_table`. A method with a cheaper form overrides it."""
+        return graph.lookup(self.onnx_table(wq, int(codes.shape[0])), codes.numpy(), wq.bits, wq.axis)
+
+    def onnx_weight_decode(self, wq: "WeightQuant", weight: torch.Tensor, graph: "DecodeGraph") -> str:
+        """The in-graph decode of ``weight`` (on the grid): :meth:`onnx_decode` of its codes, plus the
+        pruned zeros (a 1-bit mask) when some zero weights have codes that decode to non-zero."""
+        w = weight.detach().float().cpu()
+        codes = self.encode(wq, w)
+        out = self.onnx_decode(wq, codes, graph)
+        mask = w != 0
+        if not torch.equal(self.decode(wq, codes), self.dequantize(wq, codes, mask)):
+            zero = graph.const(np.zeros((), np.float32), key="zero_f32")
+            out = graph.op("Where", [graph.mask(mask.numpy()), out, zero])
+        return out
 
     # -------------------------------------------------------------------------------- QAT
     def qat_attach_(self, module: nn.Module, wq: "WeightQuant", start: torch.Tensor, mask: torch.Tensor) -> None:

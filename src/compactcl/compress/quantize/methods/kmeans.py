@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -93,6 +94,9 @@ class KMeansQuant(QuantMethod):
         if isinstance(parametrization, SharedWeights):
             p = parametrization
             wq.params["codebook"] = (p.codebook * p.trainable).detach().cpu().clone()
+
+    def onnx_table(self, wq: WeightQuant, channels: int) -> np.ndarray:
+        return wq.params["codebook"].float().numpy()  # the ONNX decode is Gather(codebook, codes)
 
     def write_grid(self, wq: WeightQuant, entry: dict[str, Any], wr: BlobWriter) -> None:
         if wq.options.get("zero_code") is not None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .. import primitives as P
 from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, register_method
+
+if TYPE_CHECKING:
+    from ..onnx_graph import DecodeGraph
 
 __all__ = ["LinearQuantConfig", "LinearQuant"]
 
@@ -48,6 +51,21 @@ class LinearQuant(QuantMethod):
         # PyTorch's own fake-quant op: same values as decode(encode(w)), on w's device
         return P.fake_quantize_linear(w, wq.params["scale"].to(w.device), wq.params["zero_point"].to(w.device),
                                       wq.bits, wq.axis, wq.options.get("symmetric", True))
+
+    def onnx_decode(self, wq: WeightQuant, codes: torch.Tensor, graph: "DecodeGraph") -> str:
+        # (codes + qmin - zero_point) * scale, the float ops of P.dequantize_linear in the same order
+        # (bit-exact); per-channel scales cost C floats where a codebook would cost C * 2**bits
+        from onnx import TensorProto
+
+        qmin, _ = P.qrange(wq.bits, wq.options.get("symmetric", True))
+        bshape = (-1,) + (1,) * (codes.dim() - 1) if wq.axis == 0 else ()
+        q = graph.op("Cast", [graph.codes(codes.numpy(), wq.bits)], to=TensorProto.FLOAT)
+        if qmin:
+            q = graph.op("Add", [q, graph.const(np.array(qmin, np.float32))])
+        zp = wq.params["zero_point"].float().numpy()
+        if zp.any():
+            q = graph.op("Sub", [q, graph.const(zp.reshape(bshape).astype(np.float32))])
+        return graph.op("Mul", [q, graph.const(wq.params["scale"].float().numpy().reshape(bshape))])
 
     def write_grid(self, wq: WeightQuant, entry: dict[str, Any], wr: BlobWriter) -> None:
         symmetric = bool(wq.options.get("symmetric", True))

@@ -56,6 +56,9 @@ class LogQuant(QuantMethod):
     def decode(self, wq: WeightQuant, codes: torch.Tensor) -> torch.Tensor:
         return P.dequantize_log(codes, wq.bits, wq.params["emax"], wq.axis, wq.options.get("levels"))
 
+    # ONNX: the default codebook path (QuantMethod.onnx_table): every code's ±2**e, exact in fp16 when the
+    # exponents fit (then stored as 2 bytes a value)
+
     def write_grid(self, wq: WeightQuant, entry: dict[str, Any], wr: BlobWriter) -> None:
         entry["levels"] = int(wq.options["levels"])
         # exponents are int8: stored as uint8 + 128
