@@ -212,3 +212,30 @@ def test_a_latency_budget_no_model_meets_stops_the_run_with_the_latency_reached(
                                              r"compress\.budget\.latency_ms=1e-06"):
         _run(str(DATA / "tiny.yaml"), tmp_path / "slow",
              ["data.tasks=1", "compress.budget={latency_ms: 0.000001}", steps, "export.onnx=false"])
+
+
+# --- Commands: "compactcl compare ... several learners on the same stream and seeds, one table" ------------
+
+def test_compare_runs_each_learner_on_the_same_streams_and_averages_the_seeds(tmp_path, capsys, monkeypatch):
+    import statistics
+
+    from compactcl.cli.main import main
+    from compactcl.report import html
+
+    monkeypatch.setattr(html, "write_report", lambda out: None)  # the report is tested on its own; it is slow
+    out = tmp_path / "cmp"
+    assert main(["compare", str(DATA / "tiny.yaml"), "--learners", "finetune,icarl", "--seeds", "0,1", "--out",
+                 str(out), "--set", "data.tasks=2", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table == json.loads((out / "compare.json").read_text()) and table["seeds"] == [0, 1]
+    runs = {(n, s): json.loads((out / f"{n}-seed{s}" / "metrics.json").read_text())
+            for n in ("finetune", "icarl") for s in (0, 1)}
+    for s in (0, 1):  # the same stream for every learner of a seed; another seed, another class order
+        assert runs["finetune", s]["class_order"] == runs["icarl", s]["class_order"]
+        assert runs["icarl", s]["recipe"]["learner"]["name"] == "icarl" and runs["icarl", s]["recipe"]["seed"] == s
+    assert runs["icarl", 0]["class_order"] != runs["icarl", 1]["class_order"]
+    assert [r["learner"] for r in table["rows"]] == ["finetune", "icarl"]
+    for row in table["rows"]:
+        finals = [runs[row["learner"], s]["summary"]["working"]["final_accuracy"] for s in (0, 1)]
+        assert row["final_accuracy"] == pytest.approx(statistics.mean(finals), abs=1e-12)
+        assert row["final_std"] == pytest.approx(statistics.pstdev(finals), abs=1e-12)
