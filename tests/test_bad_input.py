@@ -170,7 +170,8 @@ def test_checkpoint_whose_recorded_data_does_not_fit_it(tmp_path, capsys):
 
 # --- NaN / inf loss --------------------------------------------------------------------------
 
-def test_diverging_task_stops_names_the_step_and_keeps_the_last_good_task(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_diverging_task_stops_names_the_step_and_keeps_the_last_good_task(tiny, tmp_path, monkeypatch, bad):
     from compactcl.engine import loop
     from compactcl.learners import base
 
@@ -182,12 +183,12 @@ def test_diverging_task_stops_names_the_step_and_keeps_the_last_good_task(tiny, 
         if desc != "task 1":
             return real_train(model, data, loss_fn, cfg, desc, hooks)
         steps = iter(range(10 ** 6))
-        nan_at_3 = lambda m, x, y: loss_fn(m, x, y) * (float("nan") if next(steps) == 3 else 1.0)  # noqa: E731
-        return real_train(model, data, nan_at_3, cfg, desc, hooks)
+        bad_at_3 = lambda m, x, y: loss_fn(m, x, y) * (float(bad) if next(steps) == 3 else 1.0)  # noqa: E731
+        return real_train(model, data, bad_at_3, cfg, desc, hooks)
 
     monkeypatch.setattr(base, "train", train)
     out = tmp_path / "run"
-    with pytest.raises(CompactCLError, match=r"task 1: loss became nan at epoch 0, step 3.*learner.lr"):
+    with pytest.raises(CompactCLError, match=rf"task 1: loss became {bad} at epoch 0, step 3.*learner.lr"):
         _quiet(recipe, out)
     doc = json.loads((out / "metrics.json").read_text())
     assert len(doc["tasks"]) == 1  # task 0 recorded, task 1 not

@@ -66,6 +66,23 @@ def test_diverging_loss_names_the_step(digits):
         _diverge(digits)
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_windowed_check_names_the_steps_of_an_inf_or_nan_loss(digits, bad):
+    # GPU / DDP check the loss sum once per window (one host sync): the error names the window's steps
+    from compactcl import CompactCLError
+    from compactcl.engine import train
+
+    data = class_incremental(digits, tasks=1, classes_per_task=10, seed=0).tasks[0].train
+    net, steps = IncrementalNet("mlp", 1, 8, 10, {"hidden": [8]}), iter(range(10 ** 6))
+
+    def loss(m, x, y):  # only step 5's value is bad; its gradient stays finite, so later steps are finite
+        out = torch.nn.functional.cross_entropy(m(x), y)
+        return out + float(bad) if next(steps) == 5 else out
+
+    with pytest.raises(CompactCLError, match=rf"^w: loss became {bad} at epoch 0, one of steps 4\.\.7; lower"):
+        train(net, data, loss, TrainConfig(epochs=1, batch_size=32, nan_check_every=4), desc="w")
+
+
 def _diverge(digits):
     stream = class_incremental(digits, tasks=1, classes_per_task=10, seed=0)
     state = LearnerState(IncrementalNet("mlp", 1, 8, 0, {"hidden": [32]}), ExemplarMemory(0),

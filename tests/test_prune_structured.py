@@ -112,7 +112,7 @@ def test_floor_rounding_is_torch_prunings_rule():
 
 
 @pytest.mark.parametrize("backbone", ["resnet20", "mobilenetv2"])
-def test_pruned_model_exports_to_onnx_and_agrees(backbone, tmp_path):
+def test_pruned_model_exports_to_onnx_and_agrees(backbone, tmp_path, digits):
     from compactcl.export.onnx import agreement, export_onnx, onnx_predict
 
     net = IncrementalNet(backbone, 1, 8, 10, SMALL[backbone]).eval()
@@ -121,12 +121,14 @@ def test_pruned_model_exports_to_onnx_and_agrees(backbone, tmp_path):
     prune_channels_(net, 0.3, torch.zeros(1, *SHAPE))
     path = tmp_path / "m.onnx"
     export_onnx(net, path, SHAPE)
-    x = torch.randn(32, *SHAPE)
+    x = digits.test.x  # all 360 real test images
     ort = onnx_predict(path, x)
     with torch.no_grad():
         ref = net(x).numpy()
-    assert ort.shape == ref.shape
-    assert np.allclose(ort, ref, atol=1e-4)
+    assert ort.shape == ref.shape == (360, 10)
+    # measured max |dlogit| 1.2e-7 (one float32 ulp at these logits, |logit| < 0.5); 2e-6 leaves room for
+    # other CPUs' kernels (benchmarks/prune_latency.py onnx: 6e-6 on trained Fashion-MNIST models)
+    assert np.abs(ort - ref).max() <= 2e-6
     assert agreement(ort, ref) == 1.0
 
 
