@@ -232,7 +232,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
 
     learner = learner_class(recipe.learner.name)(recipe.learner)
     state = LearnerState(new_model(recipe, stream).to(device), ExemplarMemory(recipe.memory.size,
-                         recipe.memory.selection, recipe.seed), train_config(recipe, device, progress))
+                         recipe.memory.selection, recipe.seed, normalization=stream.dataset.normalization,
+                         bytes=recipe.memory.bytes), train_config(recipe, device, progress))
     rows: list[dict[str, Any]] = []
     if resume:
         for stale in out.glob("**/.*.tmp"):  # temp files of a killed writer (never renamed into place)
@@ -296,7 +297,11 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                 "classes": task.classes,
                 "accuracy": {"working": scores.working, "deployed": scores.deployed},
                 "bytes": {"fp32": fp32_bytes(state.model), "working_file": working_bytes,
-                          "deployed": deployed_path.stat().st_size, "update": update["bytes"]},
+                          "deployed": deployed_path.stat().st_size, "update": update["bytes"],
+                          # memory-aligned accounting (MEMO): what the learner stores = model + exemplars
+                          "exemplars": state.memory.nbytes,
+                          "learner_total": fp32_bytes(state.model) + state.memory.nbytes},
+                "exemplars": len(state.memory),
                 "update_kind": update["kind"],
                 "params": count_params(state.model),
                 "flops": count_flops(state.model, input_shape),
