@@ -34,9 +34,10 @@ def _run(recipe: str | None, out: Path, overrides: list[str] = ()) -> dict:
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    """Every file a run wrote but metrics.json and the report (they hold timings)."""
+    """Every file a run wrote but metrics.json and the report (they hold timings) and the run marker and
+    lock (a run id, a pid)."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("metrics.json", "report.html")}
+            if p.is_file() and p.name not in ("metrics.json", "report.html", ".compactcl-run", ".compactcl-run.lock")}
 
 
 def _timeless(v):

@@ -5,11 +5,20 @@ number of stored images (iCaRL's K, PyCIL's ``memory_size``), so each of the C c
 keeps ``size // C`` exemplars and old classes give up exemplars as new ones arrive. Herding
 (iCaRL) orders exemplars so that any prefix best matches the class mean; removal drops from
 the end of that order.
+
+Exemplars are kept as what images are: uint8 pixels, 1 byte a value (the float32 standardised
+tensors the datasets hand out take 4), whenever the memory knows the dataset's
+``normalization`` (``scale`` pixel/255 or pixel/16, ``mean``, ``std``); they are standardised
+again, with the dataset's own float32 arithmetic, when batched (:meth:`ExemplarMemory.data`).
+Images that came from 8-bit pixels round-trip bit for bit. ``bytes`` is the alternative to
+``size``: the budget in bytes of stored pixels, ``size = bytes // (bytes of one image)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +27,32 @@ import torch.nn.functional as F
 
 from .datasets import TensorData
 
-__all__ = ["ExemplarMemory", "herding", "extract_features"]
+__all__ = ["ExemplarMemory", "herding", "extract_features", "encode_uint8", "decode_uint8", "pixel_levels"]
+
+_LEVELS = {"pixel/255": 255, "pixel/16": 16}  # the datasets' pixel scales (DatasetSplits.normalization)
+
+
+def pixel_levels(normalization: dict[str, Any] | None) -> int | None:
+    """The integer pixel range (255, or 16 for sklearn's digits) behind ``normalization``, or None
+    when the images cannot be stored as uint8 (unknown scale, no mean/std)."""
+    if not normalization or not {"mean", "std"} <= set(normalization):
+        return None
+    return _LEVELS.get(normalization.get("scale", ""))
+
+
+def encode_uint8(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
+    """Standardised float images -> their uint8 pixels (rounded; exact for images that were 8-bit)."""
+    levels, mean, std = pixel_levels(normalization), normalization["mean"], normalization["std"]
+    pixels = (x.double() * std + mean) * levels  # float64: the float32 error is far below half a level
+    return pixels.round().clamp(0, 255).to(torch.uint8)
+
+
+def decode_uint8(u: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
+    """uint8 pixels -> float32 standardised images, with the very float32 operations of
+    ``datasets._standardize`` (so 8-bit images come back bit-identical)."""
+    levels, mean, std = pixel_levels(normalization), normalization["mean"], normalization["std"]
+    a = u.numpy().astype(np.float32) / np.float32(levels)
+    return torch.from_numpy(((a - mean) / std).astype(np.float32))
 
 
 @torch.no_grad()
@@ -57,26 +91,54 @@ class ExemplarMemory:
     seed: int = 0
     x: dict[int, torch.Tensor] = field(default_factory=dict)  # label -> (m, C, H, W), herding order
     means: dict[int, torch.Tensor] = field(default_factory=dict)  # label -> normalised class mean
+    # the dataset's normalization: with a known pixel scale, exemplars are stored as uint8
+    normalization: dict[str, Any] | None = None
+    bytes: int | None = None  # a budget in bytes of stored images instead of ``size`` (which it then sets)
 
     def __post_init__(self) -> None:
         if self.size < 0:
             raise ValueError(f"memory.size must be >= 0, got {self.size}")
+        if self.bytes is not None and self.bytes < 0:
+            raise ValueError(f"memory.bytes must be >= 0, got {self.bytes}")
         if self.selection not in ("herding", "random"):
             raise ValueError(f"memory.selection must be 'herding' or 'random', got {self.selection!r}")
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.x.values())
 
+    @property
+    def codec(self) -> str:
+        """How exemplars are stored: ``uint8`` pixels, or ``float32`` (normalization unknown)."""
+        return "uint8" if pixel_levels(self.normalization) else "float32"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored exemplar images (what the state file holds for them, headers aside)."""
+        return sum(v.numel() * v.element_size() for v in self.x.values())
+
+    def image_bytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes one (C, H, W) image takes in this memory."""
+        return math.prod(shape) * (1 if self.codec == "uint8" else 4)
+
+    def _images(self, c: int) -> torch.Tensor:
+        xc = self.x[c]
+        return decode_uint8(xc, self.normalization) if xc.dtype == torch.uint8 else xc
+
+    def _store(self, x: torch.Tensor) -> torch.Tensor:
+        return encode_uint8(x, self.normalization) if self.codec == "uint8" else x.clone()
+
     def data(self) -> TensorData | None:
         if not self.x:
             return None
         labels = sorted(self.x)
-        return TensorData(torch.cat([self.x[c] for c in labels]),
+        return TensorData(torch.cat([self._images(c) for c in labels]),
                           torch.cat([torch.full((len(self.x[c]),), c, dtype=torch.long) for c in labels]))
 
     def update(self, model: nn.Module, task_train: TensorData) -> None:
         """Shrink old classes to the new per-class quota, then add exemplars of the task's classes."""
         new_labels = sorted(int(c) for c in task_train.y.unique())
+        if self.bytes is not None:
+            self.size = self.bytes // self.image_bytes(tuple(task_train.x.shape[1:]))
         n_classes = len(set(self.x) | set(new_labels))
         per_class = self.size // n_classes if n_classes else 0
         for c in list(self.x):
@@ -88,15 +150,18 @@ class ExemplarMemory:
                 order = herding(extract_features(model, xc), per_class)
             else:
                 order = rng.permutation(len(xc))[:per_class].tolist()
-            self.x[c] = xc[order].clone()
+            self.x[c] = self._store(xc[order])
         self.compute_means(model)
 
     def compute_means(self, model: nn.Module) -> None:
         """Class means of normalised exemplar features, for the nearest-mean classifier."""
-        self.means = {c: F.normalize(extract_features(model, xc).mean(0), dim=0) for c, xc in self.x.items() if len(xc)}
+        self.means = {c: F.normalize(extract_features(model, self._images(c)).mean(0), dim=0)
+                      for c, xc in self.x.items() if len(xc)}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {f"memory.{c}": xc for c, xc in self.x.items()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.x = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("memory.")}
+        if self.bytes is not None and self.x:
+            self.size = self.bytes // self.image_bytes(tuple(next(iter(self.x.values())).shape[1:]))

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import learners as _learners  # noqa: F401 - learner files register the model kinds they grow (MEMO)
 from ..errors import CompactCLError
 from ..models.checkpoint import READABLE_FORMATS as CHECKPOINT_FORMATS
 from ..models.checkpoint import load_checkpoint, read_header

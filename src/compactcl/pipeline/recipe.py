@@ -84,7 +84,8 @@ def _learner_section(section: Any) -> Any:
 
 
 class MemoryConfig(_Strict):
-    size: int = Field(200, ge=0)
+    size: int = Field(200, ge=0)  # exemplars in all (ignored when `bytes` is set)
+    bytes: int | None = Field(None, ge=0)  # the exemplar budget in bytes of stored images: size = bytes // image bytes
     selection: Literal["herding", "random"] = "herding"
 
 

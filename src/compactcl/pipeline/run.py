@@ -296,7 +296,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
     learner = learner_class(recipe.learner.name)(recipe.learner)
     working = given_model(recipe, given.model) if given.model is not None else new_model(recipe, stream)
     state = LearnerState(working.to(device), ExemplarMemory(recipe.memory.size,
-                         recipe.memory.selection, recipe.seed), train_config(recipe, device, progress))
+                         recipe.memory.selection, recipe.seed, normalization=stream.dataset.normalization,
+                         bytes=recipe.memory.bytes), train_config(recipe, device, progress))
     rows: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
     if resume:
@@ -362,7 +363,11 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
                 "accuracy": {"working": scores.working, "deployed": scores.deployed},
                 "bytes": {"fp32": fp32_bytes(state.model), "working_file": working_bytes,
                           "deployed": deployed_path.stat().st_size, "update": update["bytes"],
-                          **({"breakdown": extra["breakdown"]} if "breakdown" in extra else {})},
+                          **({"breakdown": extra["breakdown"]} if "breakdown" in extra else {}),
+                          # memory-aligned accounting (MEMO): what the learner stores = model + exemplars
+                          "exemplars": state.memory.nbytes,
+                          "learner_total": fp32_bytes(state.model) + state.memory.nbytes},
+                "exemplars": len(state.memory),
                 "update_kind": update["kind"],
                 "params": count_params(state.model),
                 "flops": count_flops(state.model, input_shape),
