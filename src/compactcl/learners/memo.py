@@ -29,7 +29,7 @@ from torch import nn
 
 from ..models.backbones import MLP, CifarResNet, LeNet5, SmallCNN, SmallMobileNetV2, create_backbone
 from ..models.external import is_external_name
-from ..models.protocol import empty_linear, head_params, register_model_kind
+from ..models.protocol import empty_linear, head_params, register_model_kind, widen_head
 from .base import register_learner
 from .der import DER, DEROptions
 
@@ -124,14 +124,7 @@ class MEMONet(nn.Module):
         self.blocks.append(new)
         for block in self.blocks[:-1]:
             block.requires_grad_(False)
-        old = self.head
-        head = nn.Linear(old.in_features + self.out_dim, old.out_features + n_new).to(device)
-        with torch.no_grad():
-            head.weight.zero_()
-            head.weight[: old.out_features, : old.in_features] = old.weight
-            head.bias[: old.out_features] = old.bias
-            nn.init.kaiming_uniform_(head.weight[old.out_features:], a=5 ** 0.5)
-        self.head = head
+        self.head = widen_head(self.head, self.out_dim, n_new)
         self.aux_head = nn.Linear(self.out_dim, n_new + 1).to(device) if len(self.blocks) > 1 else None
 
     def end_task(self) -> None:

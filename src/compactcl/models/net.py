@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .backbones import create_backbone
-from .protocol import empty_linear, grow_linear, head_params, register_model_kind
+from .protocol import empty_linear, grow_linear, head_params, register_model_kind, widen_head
 
 __all__ = ["IncrementalNet", "DERNet"]
 
@@ -115,14 +115,7 @@ class DERNet(nn.Module):
         self.branches.append(new.to(device))
         for branch in self.branches[:-1]:
             branch.requires_grad_(False)
-        old = self.head
-        head = nn.Linear(old.in_features + new.out_dim, old.out_features + n_new).to(device)
-        with torch.no_grad():
-            head.weight.zero_()
-            head.weight[: old.out_features, : old.in_features] = old.weight
-            head.bias[: old.out_features] = old.bias
-            nn.init.kaiming_uniform_(head.weight[old.out_features:], a=5 ** 0.5)
-        self.head = head
+        self.head = widen_head(self.head, new.out_dim, n_new)
         # The auxiliary head needs an 'old' class to contrast with: none on the first task.
         self.aux_head = nn.Linear(new.out_dim, n_new + 1).to(device) if len(self.branches) > 1 else None
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 __all__ = ["IncrementalModel", "ModelKind", "MODEL_KINDS", "register_model_kind", "list_model_kinds", "create_model",
-           "grow_linear", "empty_linear"]
+           "grow_linear", "empty_linear", "widen_head", "head_params"]
 
 
 @runtime_checkable
@@ -95,6 +95,18 @@ def grow_linear(layer: nn.Linear, n_new: int) -> nn.Linear:
         if layer.bias is not None:
             grown.bias[: layer.out_features] = layer.bias
     return grown
+
+
+def widen_head(old: nn.Linear, new_features: int, n_new: int) -> nn.Linear:
+    """The head of a model that gained a branch of ``new_features`` features and ``n_new`` classes:
+    old classes read only the old features, with their weights kept exactly; new rows start fresh."""
+    head = nn.Linear(old.in_features + new_features, old.out_features + n_new).to(old.weight.device)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[: old.out_features, : old.in_features] = old.weight
+        head.bias[: old.out_features] = old.bias
+        nn.init.kaiming_uniform_(head.weight[old.out_features:], a=5 ** 0.5)
+    return head
 
 
 def head_params(in_features: int, num_classes: int) -> int:
