@@ -82,7 +82,7 @@ def quality_warnings(ctx: DeployContext, val_accuracy: float, working_val_accura
                      warn_drop: float) -> list[str]:
     """Why the deployed model may not be what a user expects, with the likely fixes."""
     out = []
-    if ctx.kept is None:
+    if ctx.kept is None and ctx.task.index > 0:  # nothing earlier to forget on the first task
         out.append(f"learner {ctx.learner!r} keeps no data of earlier tasks, so the deployed model trains on this "
                    "task's images and the working model's outputs only and will forget earlier classes; use a "
                    "learner with a memory (icarl, der, replay) for a deployed model that remembers")
