@@ -272,7 +272,8 @@ def _follow(recipe: Recipe, out: Path, resume: bool, deployer: Deployer | None, 
     scratch = Path(tempfile.mkdtemp(prefix=f"compactcl-rank{dist.rank()}-"))
     try:
         if out.is_dir():
-            shutil.copytree(out, scratch, dirs_exist_ok=True)
+            # rank 0 may be writing the folder right now: its temp files come and go (never copy them)
+            shutil.copytree(out, scratch, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*.tmp"))
         recorded = recorded_recipe(scratch) or recipe.model_dump(mode="json")
         return _run(recipe, scratch, resume, False, deployer, lambda _msg: None, recorded, given)
     finally:
