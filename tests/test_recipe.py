@@ -93,11 +93,8 @@ def test_alias_bomb_is_refused_without_expanding(tmp_path):
     assert load_recipe(str(ok)).model.options == {"width": 8}
 
 
-def test_a_ladder_recipe_refuses_sections_it_would_ignore():
-    from compactcl import CompactCLError
-
-    with pytest.raises(CompactCLError, match="does not use learner, memory; remove them"):
-        load_recipe("ladder", ["learner.epochs=3", "memory.size=5"])
-    with pytest.raises(CompactCLError, match="does not use compress; remove it"):
-        load_recipe("ladder", ["compress.steps=[]"])
-    assert load_recipe("ladder").ladder is not None  # the built-in one sets none of them
+def test_the_ladder_is_a_normal_recipe_of_measured_steps():
+    r = load_recipe("ladder")
+    assert r.data.tasks == 1 and r.learner.name == "finetune" and r.memory.size == 0
+    assert r.compress.measure and [k for k, _ in r.compress.step_list()] == [
+        "quantize", "prune", "distill", "prune", "quantize"]

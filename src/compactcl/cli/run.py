@@ -39,8 +39,10 @@ def run(args) -> int:
     recipe, out = _recipe_and_out(args, overrides)
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     doc = run_recipe(recipe, out, resume=bool(args.resume), progress=not args.no_progress and not args.json, log=log)
-    if doc.get("schema") == "compactcl.ladder/1":
-        emit(args, doc["rows"], ladder_table(doc) + f"\n\nrun folder: {out}  (ladder.json, ladder.md)")
+    rungs = doc["tasks"][-1].get("deploy", {}).get("rungs") if doc["tasks"] else None
+    if rungs:  # compress.measure: one measured row per step (the ladder recipe)
+        emit(args, rungs, rungs_table(rungs) + f"\n\nrun folder: {out}  (metrics.json: tasks[{len(doc['tasks']) - 1}]"
+             ".deploy.rungs)")
         return 0
     emit(args, doc["summary"], summary_table(doc) + f"\n\nrun folder: {out}  (metrics.json, final/)")
     return 0
@@ -89,11 +91,11 @@ def summary_table(doc: dict) -> str:
     return format_table(rows) + "\n\n" + format_table(summary)
 
 
-def ladder_table(doc: dict) -> str:
-    """One line per rung of a ladder document (see compactcl.pipeline.ladder)."""
-    rows = [{"stage": r["stage"], "params": r["params"], "flops": r["flops"], "bytes": r["bytes"],
+def rungs_table(rungs: list[dict]) -> str:
+    """One line per measured rung (``compress.measure``; see compactcl.pipeline.measure)."""
+    rows = [{"rung": i, "stage": r["stage"], "params": r["params"], "flops": r["flops"], "bytes": r["bytes"],
              "x smaller": r["size_ratio"], "ms b1": r["latency_ms"], "ms b64": r["latency_ms_b64"], "graph": r["onnx"],
-             "accuracy": r["accuracy"], "agreement": r["agreement"]} for r in doc["rows"]]
-    s = doc["summary"]
-    return (format_table(rows) + f"\n\nfinal: {s['size_ratio']:.1f}x smaller, accuracy {s['teacher_accuracy']:.4f} -> "
-            f"{s['final_accuracy']:.4f} ({100 * s['accuracy_drop']:+.2f} points drop)")
+             "accuracy": r["accuracy"], "agreement": r["agreement"]} for i, r in enumerate(rungs, 1)]
+    last = rungs[-1]
+    return (format_table(rows) + f"\n\nfinal: {last['size_ratio']:.1f}x smaller, accuracy {rungs[0]['accuracy']:.4f} -> "
+            f"{last['accuracy']:.4f} ({100 * last['accuracy_drop']:+.2f} points drop)")

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ from ..engine.losses import teacher_kd_loss
 from ..models.protocol import IncrementalModel
 from .config import Budget, CompressConfig, DistillStep, PruneStep, QuantizeStep
 from .deploy import DeployContext, Deployed, Deployer
+
+if TYPE_CHECKING:
+    from .measure import Measurer
 
 __all__ = ["CompressDeployer", "budget_bytes", "deploy_data", "quality_warnings"]
 
@@ -139,17 +143,40 @@ class CompressDeployer(Deployer):
         meta = {**ctx.meta, **{k: d[k] for k in ("class_names", "input", "normalization", "compactcl_version")}}
         report: dict[str, Any] = {"budget_bytes": limit, "steps": []}
         model = copy.deepcopy(working)
+        grid = None  # the last quantize step's config: later prune/distill steps end on it again
+        rungs: list[dict[str, Any]] = []
+        measurer = self._measurer(ctx, data, meta) if config.measure else None
+        if measurer is not None:
+            rungs.append(measurer.row(1, "working", model, False, 0.0, "the working model (fp32)"))
         for kind, step in config.step_list():
+            t0 = time.perf_counter()
             if kind == "distill":
                 model = _distill(teacher, step, data, self.student, device, seed)
                 self.student = copy.deepcopy(model)
                 info = {"val_accuracy": accuracy(model, val)}
             elif kind == "prune":
+                if grid is not None:  # prune + fine-tune the float weights; the grid is fitted again below
+                    _drop_grid_(model)
                 model, info = _prune(model, teacher, step, data, val, ctx.input_shape, config, device, seed)
-            else:  # quantize (the last step): sized as the files it ships as, header and metadata included
-                model, info = _quantize(model, teacher, step, data, val, limit, config, device, seed,
-                                        _size_of(ctx, meta, self.export_onnx))
+            elif kind == "quantize":  # sized as the files it ships as, header and metadata included
+                model, info, grid = _quantize(model, teacher, step, data, val, limit, config, device, seed,
+                                              _size_of(ctx, meta, self.export_onnx))
+            else:  # measure: a row, the model unchanged
+                info = {}
+            if grid is not None and kind in ("prune", "distill"):
+                from ..compress.quantize import quantize_
+
+                quantize_(model, grid)  # post-training, no QAT: the grid of the quantize step before
+                info.update(requantized=True, val_accuracy=accuracy(model, val))
             report["steps"].append({kind: info})
+            if measurer is not None:
+                rungs.append(measurer.row(len(rungs) + 1, kind, model, _is_quantized(model),
+                                          time.perf_counter() - t0, _describe(kind, step, grid)))
+        if rungs:
+            for r in rungs:  # against the first rung: the working model
+                r["size_ratio"] = rungs[0]["bytes"] / r["bytes"]
+                r["accuracy_drop"] = rungs[0]["accuracy"] - r["accuracy"]
+            report["rungs"] = rungs
         model.eval()
         path = ctx.task_dir / self.files[0]
         nbytes = save_artifact(model, path, meta)
@@ -177,6 +204,40 @@ class CompressDeployer(Deployer):
                                      "prune more (a prune step with round_to: 8; its `tried` list in metrics.json "
                                      "shows each ratio's latency) or raise the latency budget")
         return Deployed(model, path, report)
+
+    def _measurer(self, ctx: DeployContext, data: TensorData, meta: dict[str, Any]) -> "Measurer":
+        from .measure import Measurer
+
+        return Measurer(ctx.task_dir, ctx.input_shape, ctx.seen_test(), ctx.seen_val(), data.x, meta,
+                        log=lambda s: None)
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    from ..compress.quantize.state import quantized_layers
+
+    return bool(quantized_layers(model))
+
+
+def _drop_grid_(model: nn.Module) -> None:
+    """Forget the quantization grids (the weights keep their values): pruning slices channels the
+    per-channel grids describe, and the grid is fitted again after the step."""
+    from ..compress.quantize.state import set_weight_quant
+
+    for m in model.modules():
+        set_weight_quant(m, None)
+
+
+def _describe(kind: str, step: Any, grid: Any) -> str:
+    """One line for a rung: the step's options that matter, and the grid it ends on."""
+    if kind == "measure":
+        return "measured, unchanged"
+    keys = {"distill": ("student", "options", "epochs", "temperature", "alpha"),
+            "prune": ("method", "ratio", "round_to", "finetune_epochs"),
+            "quantize": ("method", "bits", "qat_epochs")}[kind]
+    text = ", ".join(f"{k}={getattr(step, k)}" for k in keys if getattr(step, k) not in (None, {}))
+    if grid is not None and kind != "quantize":
+        text += f"; then {grid.method} {grid.bits}-bit (PTQ)"
+    return f"{kind}: {text}"
 
 
 def _distill(teacher: nn.Module, step: DistillStep, data: TensorData, previous: nn.Module | None, device: str,
@@ -242,7 +303,7 @@ def _size_of(ctx: DeployContext, meta: dict[str, Any], onnx: bool) -> Callable[[
 
 def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: TensorData, val: TensorData,
               limit: int | None, config: CompressConfig, device: str, seed: int,
-              size_of: Callable[[nn.Module], int]) -> tuple[nn.Module, dict]:
+              size_of: Callable[[nn.Module], int]) -> tuple[nn.Module, dict, Any]:
     from ..compress.quantize import QATConfig, config_for, get_method, qat_, search_layer_bits, search_model_bits
 
     method = get_method(step.method)
@@ -269,7 +330,7 @@ def _quantize(model: nn.Module, teacher: nn.Module, step: QuantizeStep, data: Te
 
         quantize_(model, qcfg)
     info["val_accuracy"] = accuracy(model, val)
-    return model, info
+    return model, info, qcfg
 
 
 def _latency(model: nn.Module, input_shape: tuple[int, ...], budget: Budget) -> float:

@@ -1,6 +1,5 @@
-"""The recipe's compression sections as typed, torch-free configs: ``compress:`` (budget + steps)
-and ``ladder:``. The code that runs them is in :mod:`compactcl.pipeline.compress` (a deployer)
-and :mod:`compactcl.pipeline.ladder`; registries (quantization methods, pruning importances)
+"""The recipe's compression section as typed, torch-free configs: ``compress:`` (budget + steps).
+The code that runs it is in :mod:`compactcl.pipeline.compress` (a deployer); registries (quantization methods, pruning importances)
 are consulted lazily, inside validators.
 """
 
@@ -10,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["Budget", "DistillStep", "PruneStep", "QuantizeStep", "STEP_TYPES", "CompressConfig", "LadderConfig"]
+__all__ = ["Budget", "DistillStep", "PruneStep", "QuantizeStep", "MeasureStep", "STEP_TYPES", "CompressConfig"]
 
 
 class _Strict(BaseModel):
@@ -98,7 +97,12 @@ class QuantizeStep(_Strict):
         return self
 
 
-STEP_TYPES: dict[str, type[_Strict]] = {"distill": DistillStep, "prune": PruneStep, "quantize": QuantizeStep}
+class MeasureStep(_Strict):
+    """Records a measured row (with ``compress.measure``) and leaves the model as it is."""
+
+
+STEP_TYPES: dict[str, type[_Strict]] = {"distill": DistillStep, "prune": PruneStep, "quantize": QuantizeStep,
+                                        "measure": MeasureStep}
 
 
 class CompressConfig(_Strict):
@@ -112,6 +116,11 @@ class CompressConfig(_Strict):
     # After each task: warn (console, metrics.json, report) when the deployed model is more than this
     # below the working model on validation, or near chance.
     warn_drop: float = Field(0.10, ge=0, le=1)
+    # Measure the model after every step (and the working model first): one row per rung in the task
+    # row's deploy.rungs — .ccl bytes, test accuracy of the model read back, params/MACs, ORT latency.
+    measure: bool = False
+    # Steps run in order. A quantize step may come before others: later prune/distill steps end by
+    # quantizing again with its grid (post-training), so each rung keeps the compression before it.
     steps: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -126,73 +135,8 @@ class CompressConfig(_Strict):
                 raise ValueError(f"steps[{i}]: unknown step {kind!r}; allowed steps: {', '.join(STEP_TYPES)}")
             cfg = opts if isinstance(opts, BaseModel) else STEP_TYPES[kind].model_validate(opts or {})
             parsed.append({kind: cfg})
-        kinds = [next(iter(s)) for s in parsed]
-        if "quantize" in kinds and kinds.index("quantize") != len(kinds) - 1:
-            raise ValueError("quantize must be the last step (fine-tuning after it is its qat_epochs)")
         object.__setattr__(self, "steps", parsed)
         return self
 
     def step_list(self) -> list[tuple[str, Any]]:
         return [next(iter(s.items())) for s in self.steps]
-
-
-class LadderConfig(BaseModel):
-    """The ``ladder:`` section of a recipe. Epochs count passes over the (possibly limited)
-    training split; ``per_dataset`` overrides any of these keys for one dataset, e.g.
-    ``per_dataset: {fashion-mnist: {teacher_epochs: 8, train_limit: 20000}}``."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    train_limit: int | None = Field(None, ge=10)  # train on a seeded subset of this many images (CPU budget)
-    batch_size: int = Field(64, ge=1)
-    # (1) teacher
-    teacher_epochs: int = Field(30, ge=1)
-    lr: float = Field(0.05, gt=0)
-    # (3) structured pruning of the int8 teacher + fine-tune (KD from the fp32 teacher)
-    prune_ratio: float = Field(0.3, ge=0, lt=1)
-    round_to: int | None = Field(None, ge=1)  # keep channel counts multiples of this (speed, see anchors)
-    importance: str = "l2"
-    finetune_epochs: int = Field(5, ge=0)
-    finetune_lr: float = Field(0.01, gt=0)
-    # (4) distilled student
-    student: str = "narrow-cnn"  # compactcl.compress.distill.list_students()
-    student_options: dict[str, Any] = Field(default_factory=dict)  # e.g. {width: 8}
-    distill_epochs: int = Field(30, ge=1)
-    temperature: float = Field(1.0, gt=0)  # T=1, alpha=0.5 won on validation in notes/distill.md
-    alpha: float = Field(0.5, ge=0, le=1)
-    # (5) the student pruned + quantized
-    final_prune_ratio: float = Field(0.3, ge=0, lt=1)
-    final_quant: str = "kmeans"  # a registered quantization method: compactcl.compress.quantize.list_methods()
-    final_bits: int = Field(4, ge=1, le=8)
-    qat_epochs: int = Field(3, ge=0)
-    qat_lr: float = Field(1e-3, gt=0)
-    final_onnx: Literal["int8", "fp32"] = "int8"  # the runtime graph of the last rung (4-bit is storage only)
-    # measurement
-    latency_repeats: int = Field(50, ge=1)
-    calib_samples: int = Field(512, ge=1)  # training images that calibrate the int8 ONNX activations
-    per_dataset: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self) -> "LadderConfig":
-        from ..compress.prune.importance import IMPORTANCES
-        from ..compress.quantize import get_method, list_methods
-
-        if self.importance not in IMPORTANCES:
-            raise ValueError(f"importance {self.importance!r} unknown; choose one of {', '.join(sorted(IMPORTANCES))}")
-        if self.final_quant not in list_methods():
-            raise ValueError(f"final_quant {self.final_quant!r} unknown; choose one of {', '.join(list_methods())}")
-        min_bits = get_method(self.final_quant).min_bits
-        if self.final_bits < min_bits:
-            raise ValueError(f"final_bits must be >= {min_bits} for {self.final_quant} quantization, "
-                             f"got {self.final_bits}")
-        fields = set(type(self).model_fields) - {"per_dataset"}
-        for ds, over in self.per_dataset.items():
-            unknown = sorted(set(over) - fields)
-            if unknown:
-                raise ValueError(f"per_dataset.{ds}: unknown key(s) {unknown}; allowed: {', '.join(sorted(fields))}")
-        return self
-
-    def for_dataset(self, name: str) -> "LadderConfig":
-        """This config with ``per_dataset[name]`` applied (validated again)."""
-        over = self.per_dataset.get(name, {})
-        return type(self).model_validate({**self.model_dump(exclude={"per_dataset"}), **over})

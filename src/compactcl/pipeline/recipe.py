@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from ..errors import CompactCLError
-from .config import CompressConfig, LadderConfig
+from .config import CompressConfig
 
 __all__ = ["Recipe", "load_recipe", "validate_recipe", "list_recipes", "apply_overrides", "set_path", "RECIPE_VERSION"]
 
@@ -109,7 +109,6 @@ class Recipe(_Strict):
     learner: SerializeAsAny[Any] = Field(default_factory=lambda: _learner_section({}))
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     compress: CompressConfig | None = None  # compression steps and budget; none = deployed is working
-    ladder: LadderConfig | None = None  # the worked ladder (pipeline/ladder.py) instead of the task loop
     export: ExportConfig = Field(default_factory=ExportConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
@@ -133,19 +132,6 @@ class Recipe(_Strict):
     @classmethod
     def _learner_options(cls, v: Any) -> Any:
         return _learner_section(v)
-
-    @model_validator(mode="after")
-    def _ladder_takes_no_task_sections(self) -> "Recipe":
-        # the ladder trains one plain classifier and builds its own rungs: these sections would be ignored
-        # (compared with the defaults, not with what was typed: a recipe.yaml written by a run spells every key)
-        ignored = [name for name, unused in (("learner", self.learner != _learner_section({})),
-                                             ("memory", self.memory != MemoryConfig()),
-                                             ("compress", self.compress is not None)) if unused] if self.ladder else []
-        if ignored:
-            raise ValueError(f"a ladder: recipe trains its own teacher and rungs and does not use "
-                             f"{', '.join(ignored)}; remove {'them' if len(ignored) > 1 else 'it'} (the ladder's "
-                             "own keys are under ladder:)")
-        return self
 
     @model_validator(mode="after")
     def _learner_takes_backbone(self) -> "Recipe":

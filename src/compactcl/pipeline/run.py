@@ -242,13 +242,6 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
     model the recipe's ``model:`` section would build — its head is emptied: the run grows it task by task.
     """
     out = Path(out)
-    if recipe.ladder is not None:
-        from .ladder import run_ladder
-
-        if dist.maybe_init(recipe.device):
-            raise CompactCLError("the ladder recipe runs on one process; launch it without torchrun")
-        with claim_run_folder(out, recipe.model_dump(mode="json"), resume, log):
-            return run_ladder(recipe, out, resume=resume, progress=progress, log=log)
     if dist.maybe_init(recipe.device) and not dist.is_main():
         check_out(out, resume)  # refused on rank 0 too: every rank stops before the barrier
         return _follow(recipe, out, resume, deployer, _Given(dataset, model))
