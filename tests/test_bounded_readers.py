@@ -22,7 +22,7 @@ import crafted
 FAST_S = 2.0  # each crafted file must be refused within this (the attacks ran for minutes)
 
 
-def _refused_fast(load: Callable[[], object], match: str) -> None:
+def _assert_refused_fast(load: Callable[[], object], match: str) -> None:
     start = time.perf_counter()
     with pytest.raises(CompactCLError, match=match):
         load()
@@ -40,7 +40,7 @@ def _refused_fast(load: Callable[[], object], match: str) -> None:
 ], ids=lambda v: getattr(v, "__name__", "")[:40] if callable(v) else "")
 def test_crafted_checkpoint_specs_are_refused_before_building(tmp_path: Path, build, match: str) -> None:
     path = build(tmp_path)
-    _refused_fast(lambda: compactcl.load(path), match)
+    _assert_refused_fast(lambda: compactcl.load(path), match)
 
 
 def test_a_spec_wider_than_its_weights_builds_only_what_the_file_holds(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_der_branch_count_must_match_the_saved_branches(tmp_path: Path) -> None:
     header = compactcl.models.checkpoint.read_header(path)
     header["spec"]["branches"] = 3  # the file holds 2
     crafted.resign(path, header)
-    _refused_fast(lambda: compactcl.load(path), "branches=3 but the file holds weights of 2 branches")
+    _assert_refused_fast(lambda: compactcl.load(path), "branches=3 but the file holds weights of 2 branches")
 
 
 def test_genuine_and_pruned_checkpoints_still_load_exactly(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def crafted_der() -> torch.nn.Module:
                          ids=["dense-1e5x1e5", "sparse-1e5x1e5-unbacked"])
 def test_crafted_layer_shapes_are_refused_before_decoding(tmp_path: Path, build) -> None:
     path = build(tmp_path)
-    _refused_fast(lambda: compactcl.load(path), r"claims shape \[100000, 100000\].*more than the file's data")
+    _assert_refused_fast(lambda: compactcl.load(path), r"claims shape \[100000, 100000\].*more than the file's data")
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -117,7 +117,7 @@ def test_bad_layer_entries_are_named(tmp_path: Path, edit: dict, match: str) -> 
     entry = next(e for es in header["layers"].values() for e in es.values() if "enc" in e)
     entry.update(edit)
     crafted.resign(path, header)
-    _refused_fast(lambda: compactcl.load(path), match)
+    _assert_refused_fast(lambda: compactcl.load(path), match)
 
 
 def test_a_sparse_artifact_with_all_zero_tensors_still_loads(tmp_path: Path) -> None:
@@ -138,12 +138,12 @@ def test_a_sparse_artifact_with_all_zero_tensors_still_loads(tmp_path: Path) -> 
 
 def test_a_gzip_idx_that_inflates_past_its_header_is_refused_after_the_header_size(tmp_path: Path) -> None:
     path = crafted.idx_gzip_bomb(tmp_path, body_mib=64)  # the attack used 2 GiB; the bound is the same
-    _refused_fast(lambda: compactcl.data.read_idx(path), "longer than the 2352 bytes its header promises")
+    _assert_refused_fast(lambda: compactcl.data.read_idx(path), "longer than the 2352 bytes its header promises")
 
 
 def test_an_idx_header_claiming_terabytes_is_refused_before_reading(tmp_path: Path) -> None:
     path = crafted.idx_huge_claim(tmp_path)
-    _refused_fast(lambda: compactcl.data.read_idx(path), r"claims shape \(2147483648, 28, 28\)")
+    _assert_refused_fast(lambda: compactcl.data.read_idx(path), r"claims shape \(2147483648, 28, 28\)")
 
 
 def test_idx_dims_that_overflow_int64_are_not_wrapped(tmp_path: Path) -> None:
@@ -151,12 +151,12 @@ def test_idx_dims_that_overflow_int64_are_not_wrapped(tmp_path: Path) -> None:
 
     path = tmp_path / "x-idx3-ubyte"  # 2**32-1 cubed overflows np.prod to a small number
     path.write_bytes(crafted.idx_bytes(np.zeros(0, np.uint8), shape=(2 ** 32 - 1,) * 3))
-    _refused_fast(lambda: compactcl.data.read_idx(path), "over the limit")
+    _assert_refused_fast(lambda: compactcl.data.read_idx(path), "over the limit")
 
 
 def test_a_huge_idx_label_is_refused_without_allocating_per_class(tmp_path: Path) -> None:
     root = crafted.idx_huge_label(tmp_path / "m")
-    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "found label 2000000000")
+    _assert_refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "found label 2000000000")
 
 
 def _relabel(root: Path, split: str, labels) -> None:
@@ -174,7 +174,7 @@ def _relabel(root: Path, split: str, labels) -> None:
 def test_idx_class_gaps_are_refused_naming_the_class(tmp_path: Path, split: str, labels, match: str) -> None:
     root = crafted.write_mnist(tmp_path / "m")
     _relabel(root, split, labels)
-    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), match)
+    _assert_refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), match)
 
 
 def test_idx_float_labels_and_swapped_files_are_named(tmp_path: Path) -> None:
@@ -183,10 +183,10 @@ def test_idx_float_labels_and_swapped_files_are_named(tmp_path: Path) -> None:
     root = crafted.write_mnist(tmp_path / "m")
     (root / "train-labels-idx1-ubyte").write_bytes(crafted.idx_bytes((np.arange(40) % 4 + 0.5).astype(">f4"),
                                                                      code=0x0D))
-    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "labels must be integers")
+    _assert_refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "labels must be integers")
     crafted.write_mnist(root)
     (root / "train-labels-idx1-ubyte").write_bytes((root / "train-images-idx3-ubyte").read_bytes())
-    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "has 3 dimensions")
+    _assert_refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "has 3 dimensions")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -197,7 +197,7 @@ def test_non_finite_pixels_are_named_at_load_not_blamed_on_the_learning_rate(tmp
     x = np.random.default_rng(0).random((20, 6, 6)) * 255
     x[7, 2, 3] = bad
     (root / "t10k-images-idx3-ubyte").write_bytes(crafted.idx_bytes(x.astype(">f4"), code=0x0D))
-    _refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "test image 7 holds NaN or infinite")
+    _assert_refused_fast(lambda: compactcl.data.load_dataset("mnist", str(root)), "test image 7 holds NaN or infinite")
     xs = np.zeros((8, 1, 4, 4), np.float32)
     xs[3, 0, 0, 0] = bad
     with pytest.raises(CompactCLError, match="training image 3 holds NaN or infinite.*not a learning-rate"):
@@ -222,7 +222,7 @@ def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path: Path) -> None:
 
     root = crafted.image_folder(tmp_path / "f")
     os.mkfifo(root / "a" / "x.png")  # reading it would block forever
-    _refused_fast(lambda: _load_folder(root), r"x.png is a FIFO, not an image file")
+    _assert_refused_fast(lambda: _load_folder(root), r"x.png is a FIFO, not an image file")
 
 
 def test_a_socket_named_like_an_image_is_refused(tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ def test_a_socket_named_like_an_image_is_refused(tmp_path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX)
     try:
         sock.bind(str(root / "b" / "s.png"))
-        _refused_fast(lambda: _load_folder(root), "s.png is a socket")
+        _assert_refused_fast(lambda: _load_folder(root), "s.png is a socket")
     finally:
         sock.close()
 
@@ -240,10 +240,10 @@ def test_a_socket_named_like_an_image_is_refused(tmp_path: Path) -> None:
 def test_symlink_loops_and_dangling_links_are_refused_by_name(tmp_path: Path) -> None:
     root = crafted.image_folder(tmp_path / "f")
     (root / "a" / "loop.png").symlink_to(root / "a" / "loop.png")
-    _refused_fast(lambda: _load_folder(root), "loop.png: cannot open it")
+    _assert_refused_fast(lambda: _load_folder(root), "loop.png: cannot open it")
     (root / "a" / "loop.png").unlink()
     (root / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
-    _refused_fast(lambda: _load_folder(root), "gone.png: cannot open it")
+    _assert_refused_fast(lambda: _load_folder(root), "gone.png: cannot open it")
     (root / "a" / "gone.png").unlink()
     (root / "a" / "ok.png").symlink_to(root / "b" / "0.png")  # a link to a real image is fine
     assert _load_folder(root).num_classes == 2
@@ -259,7 +259,7 @@ def test_symlink_loops_and_dangling_links_are_refused_by_name(tmp_path: Path) ->
 def test_corrupt_and_bomb_images_give_a_named_error(tmp_path: Path, name: str, build, match: str) -> None:
     root = crafted.image_folder(tmp_path / "f")
     (root / "b" / name).write_bytes(build())
-    _refused_fast(lambda: _load_folder(root), match)
+    _assert_refused_fast(lambda: _load_folder(root), match)
 
 
 def test_the_pixel_limit_holds_even_with_pillows_check_disabled(tmp_path: Path, monkeypatch) -> None:
@@ -270,7 +270,7 @@ def test_the_pixel_limit_holds_even_with_pillows_check_disabled(tmp_path: Path, 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     root = crafted.image_folder(tmp_path / "f")
     (root / "b" / "bomb.png").write_bytes(crafted.png_bomb(MAX_IMAGE_PIXELS // 1000 + 1, 1000))
-    _refused_fast(lambda: _load_folder(root), "too large to decode")
+    _assert_refused_fast(lambda: _load_folder(root), "too large to decode")
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_same_recipe_and_seed_give_identical_compressed_runs(compressed, tmp_pat
 
 # --- "Compressing never changes the working model" ----------------------------------------------------------
 
-def _working_unchanged(plain_out: Path, plain: dict, packed_out: Path, packed: dict) -> None:
+def _assert_working_unchanged(plain_out: Path, plain: dict, packed_out: Path, packed: dict) -> None:
     assert [t["accuracy"]["working"] for t in packed["tasks"]] == [t["accuracy"]["working"] for t in plain["tasks"]]
     for t in range(len(plain["tasks"])):
         name = f"tasks/{t:02d}/working.safetensors"
@@ -84,7 +84,7 @@ def der_plain(tmp_path_factory):
 
 def test_der_distill_prune_auto_bits_auto_qat_leave_the_working_model_unchanged(compressed, der_plain):
     out, doc, _ = compressed
-    _working_unchanged(*der_plain, out, doc)
+    _assert_working_unchanged(*der_plain, out, doc)
 
 
 def test_compressing_the_working_model_itself_leaves_it_unchanged(der_plain, tmp_path):
@@ -94,7 +94,7 @@ def test_compressing_the_working_model_itself_leaves_it_unchanged(der_plain, tmp
     ovr = ["compress.budget.bytes=100000", steps, "export.onnx=false"]
     doc = _run(COMPRESSED, tmp_path / "direct", ovr)
     assert all(t["deploy"]["steps"][1]["quantize"]["method"] == "kmeans" for t in doc["tasks"])
-    _working_unchanged(*der_plain, tmp_path / "direct", doc)
+    _assert_working_unchanged(*der_plain, tmp_path / "direct", doc)
 
 
 # --- The run folder and metrics.json: every documented key, with its meaning --------------------------------
