@@ -64,7 +64,7 @@ def test_learner_trains_task_zero_for_first_epochs(digits) -> None:
     learner = create_learner("replay", epochs=1, first_epochs=3)
     state = LearnerState(model=learner.build_model("cnn", 1, 8, {"width": 4}), memory=ExemplarMemory(size=20),
                          train=learner.options.train_config(),
-                         hooks=TrainHooks(end_epoch=lambda m, e, l: epochs.append(e)))
+                         hooks=TrainHooks(end_epoch=lambda m, e, loss: epochs.append(e)))
     for task in stream:
         before = len(epochs)
         state = learner.fit_task(state, task)

@@ -263,5 +263,5 @@ def shift_task(task: Any, known_classes: int, index_offset: int = 1) -> Any:
     def move(d: Any) -> Any:
         return dataclasses.replace(d, y=d.y + known_classes)
 
-    return dataclasses.replace(task, index=task.index + index_offset, labels=[l + known_classes for l in task.labels],
+    return dataclasses.replace(task, index=task.index + index_offset, labels=[label + known_classes for label in task.labels],
                                train=move(task.train), val=move(task.val), test=move(task.test))
