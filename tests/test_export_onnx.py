@@ -46,8 +46,9 @@ def test_int8_qdq_within_one_point_and_latencies(trained, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]
     assert int8_weights  # weights really stored as int8
-    assert set(res["latency_ms"]) == {"batch1_threads1", "batch1_threads2", "batch64_threads1", "batch64_threads2"}
-    assert all(v > 0 for v in res["latency_ms"].values()) and set(res["speedup_vs_fp32"]) == set(res["latency_ms"])
+    assert set(res["latency_grid_ms"]) == {"t1_b1", "t1_b64", "t2_b1", "t2_b64"}
+    assert all(v > 0 for v in res["latency_grid_ms"].values())
+    assert set(res["speedup_vs_fp32"]) == set(res["latency_grid_ms"])
 
 
 def test_checked_export_fails_loudly(trained, tmp_path):

@@ -40,8 +40,8 @@ def run(args) -> int:
             {"model": res["format"], "test_accuracy": res["accuracy"], "agreement": res["agreement"],
              "bytes": res["bytes"]}]
     table = format_table(rows)
-    if "latency_ms" in res:
-        table += "\n\nONNX Runtime latency (ms, median): " + ", ".join(
-            f"{k} {v:.3f}" for k, v in res["latency_ms"].items())
+    if "latency_grid_ms" in res:
+        table += "\n\nONNX Runtime latency (ms, median; t threads, b batch): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in res["latency_grid_ms"].items())
     emit(args, figures, table + f"\n\nwrote {args.out}")
     return 0

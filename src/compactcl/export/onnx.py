@@ -61,10 +61,10 @@ def _torch_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> n
 
 
 def _latencies(path: str | os.PathLike, input_shape: tuple[int, ...], repeats: int) -> dict[str, float]:
-    from ..metrics.latency import onnx_latency_ms
+    """ONNX Runtime milliseconds keyed ``t{threads}_b{batch}`` (the one key scheme: metrics.latency)."""
+    from ..metrics.latency import onnx_latency_grid
 
-    return {f"batch{b}_threads{t}": onnx_latency_ms(path, input_shape, batch=b, threads=t, repeats=repeats)
-            for b in (1, 64) for t in (1, 2)}
+    return onnx_latency_grid({"model": path}, input_shape, repeats=repeats)["model"]
 
 
 def export_checked(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], test_x: torch.Tensor,
@@ -106,12 +106,13 @@ def export_checked(model: nn.Module, path: str | os.PathLike, input_shape: tuple
                                      f"({torch_acc:.4f}), more than the allowed {max_int8_drop}; calibrate on more "
                                      "training images, or ship the fp32 ONNX (omit --int8)")
             if latency:
-                out["fp32_latency_ms"] = _latencies(fp32_path, input_shape, latency_repeats)
+                out["fp32_latency_grid_ms"] = _latencies(fp32_path, input_shape, latency_repeats)
         else:
             acc = float((fp32_logits.argmax(1) == y).mean())
             out.update(agreement=fp32_agree, accuracy=acc, bytes=fp32_bytes)
         if latency:
-            out["latency_ms"] = _latencies(path, input_shape, latency_repeats)
+            out["latency_grid_ms"] = _latencies(path, input_shape, latency_repeats)
             if int8:
-                out["speedup_vs_fp32"] = {k: out["fp32_latency_ms"][k] / v for k, v in out["latency_ms"].items()}
+                out["speedup_vs_fp32"] = {k: out["fp32_latency_grid_ms"][k] / v
+                                          for k, v in out["latency_grid_ms"].items()}
     return out
