@@ -73,3 +73,19 @@ def test_bad_recipe_and_data_types_are_named():
         compactcl.run(42)
     with pytest.raises(CompactCLError, match="a Dataset of \\(image, label\\)"):
         compactcl.run(None, data=object(), out=os.devnull)
+
+
+def test_a_model_handed_in_is_copied_and_checked_before_training(tmp_path):
+    from torch import nn
+
+    from compactcl.models import from_module
+
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(CompactCLError, match="wrap it with compactcl.models.from_module"):
+        compactcl.run(None, model=plain, out=tmp_path / "a", log=lambda _m: None)
+    wrapped = from_module(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), head="1")  # no factory: not saveable
+    with pytest.raises(CompactCLError, match="no factory"):
+        compactcl.run(None, model=wrapped, out=tmp_path / "b", log=lambda _m: None,
+                      overrides=["learner.name=icarl"])
+    assert not (tmp_path / "b" / "tasks").exists()  # refused before any training
+    assert wrapped.head.out_features == 10  # the caller's model is left as it was

@@ -98,3 +98,12 @@ def test_the_ladder_is_a_normal_recipe_of_measured_steps():
     assert r.data.tasks == 1 and r.learner.name == "finetune" and r.memory.size == 0
     assert r.compress.measure and [k for k, _ in r.compress.step_list()] == [
         "quantize", "prune", "distill", "prune", "quantize"]
+
+
+def test_search_choices_must_leave_something_to_try():
+    with pytest.raises(CompactCLError, match="bits: auto needs choices in 2..8 for method 'linear'"):
+        load_recipe(None, ["compress.steps=[{quantize: {method: linear, bits: auto, choices: [1]}}]"])
+    with pytest.raises(CompactCLError, match="bits: auto needs choices"):
+        load_recipe(None, ["compress.steps=[{quantize: {method: kmeans, bits: auto, choices: []}}]"])
+    with pytest.raises(CompactCLError, match=r"ratio: auto tries choices in \[0, 1\)"):
+        load_recipe(None, ["compress.steps=[{prune: {ratio: auto, choices: [1.5, -2]}}]"])

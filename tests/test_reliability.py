@@ -221,3 +221,16 @@ def test_run_files_get_the_umask_mode_not_0600(tmp_path):
     os.umask(mask)
     atomic.atomic_write_text(tmp_path / "a.txt", "x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask == atomic._FILE_MODE
+
+
+def test_a_killed_attempts_deployed_files_are_never_published(tmp_path):
+    # task 1 wrote deployed.int8.onnx, was killed before metrics.json knew; the resume turns int8 off
+    run = tmp_path / "run"
+    args = [*COMPRESSED, "--set", "data.tasks=2"]
+    assert main(["run", "--out", str(run), *args]) == 0
+    _truncate_to(run, 1)
+    (run / "final" / "deployed.int8.onnx").unlink()
+    assert (run / "tasks" / "01" / "deployed.int8.onnx").exists()
+    assert main(["run", "--resume", str(run), "--set", "export.int8=false", "--no-progress"]) == 0
+    assert not (run / "tasks" / "01" / "deployed.int8.onnx").exists()
+    assert not (run / "final" / "deployed.int8.onnx").exists() and (run / "final" / "deployed.onnx").exists()

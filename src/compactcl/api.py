@@ -67,7 +67,7 @@ def _from_torch(data: Any) -> DatasetSplits:
             raise CompactCLError("data: the Dataset is empty")
         x = np.stack([np.asarray(img, dtype=np.float32) for img, _ in items])
         y = np.asarray([int(label) for _, label in items], dtype=np.int64)
-        return (x / 255.0 if x.max() > 1.0 else x), y
+        return x, y
 
     if isinstance(data, (tuple, list)) and len(data) == 2:
         (xtr, ytr), (xte, yte) = arrays(data[0]), arrays(data[1])
@@ -77,6 +77,8 @@ def _from_torch(data: Any) -> DatasetSplits:
         x, y = arrays(data)
         tr, te = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
         xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
+    if max(xtr.max(), xte.max()) > 1.0:  # 0..255 pixels (decided once for both splits)
+        xtr, xte = xtr / 255.0, xte / 255.0
     return from_arrays(xtr, ytr, xte, yte, name="dataset")
 
 

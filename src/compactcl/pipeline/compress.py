@@ -21,6 +21,7 @@ splits of the tasks seen so far, never the test split.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -154,6 +155,8 @@ class CompressDeployer(Deployer):
                 model = _distill(teacher, step, data, self.student, device, seed)
                 self.student = copy.deepcopy(model)
                 info = {"val_accuracy": accuracy(model, val)}
+                if grid is not None and grid.layer_bits:  # per-layer bits were chosen for another model
+                    grid = dataclasses.replace(grid, layer_bits={})
             elif kind == "prune":
                 if grid is not None:  # prune + fine-tune the float weights; the grid is fitted again below
                     _drop_grid_(model)

@@ -60,6 +60,8 @@ class PruneStep(_Strict):
     def _ratio_range(self) -> "PruneStep":
         if self.ratio != "auto" and not 0 <= float(self.ratio) < 1:
             raise ValueError(f"prune ratio must be in [0, 1) or 'auto', got {self.ratio}")
+        if self.ratio == "auto" and (not self.choices or not all(0 <= c < 1 for c in self.choices)):
+            raise ValueError(f"ratio: auto tries choices in [0, 1), got {self.choices}")
         if self.round_to is not None:  # the method's own config says whether it has channels to round
             from ..compress.prune import config_for
             from ..errors import CompactCLError
@@ -94,6 +96,13 @@ class QuantizeStep(_Strict):
     def _bits_range(self) -> "QuantizeStep":
         if self.bits != "auto" and not 1 <= int(self.bits) <= 8:
             raise ValueError(f"quantize bits must be 1..8 or 'auto', got {self.bits}")
+        if self.bits == "auto":  # the search needs something to try, on this method's grid
+            from ..compress.quantize import get_method
+
+            floor = get_method(self.method).min_bits
+            if not any(floor <= b <= 8 for b in self.choices):
+                raise ValueError(f"bits: auto needs choices in {floor}..8 for method {self.method!r}, "
+                                 f"got {self.choices}")
         return self
 
 

@@ -16,6 +16,7 @@ Every file is written atomically; a killed run resumes from the last finished ta
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -65,13 +66,17 @@ def new_model(recipe: Recipe, stream: Stream) -> nn.Module:
 
 
 def given_model(recipe: Recipe, model: nn.Module) -> nn.Module:
-    """A model handed in from Python, checked to be one the learner can grow, its head emptied (the run
-    adds the classes of each task)."""
-    from ..models.external import from_module
+    """A copy of a model handed in from Python (the caller's stays as it was), checked before any
+    training: one the learner can grow, that checkpoints can rebuild; its head emptied (the run adds
+    the classes of each task)."""
     from ..models.protocol import IncrementalModel, empty_linear
 
     if not isinstance(model, IncrementalModel):
-        model = from_module(model)  # a plain nn.Module: its last nn.Linear is the head (no factory: not saveable)
+        raise CompactCLError(f"model: a {type(model).__name__} is not a compactcl model; wrap it with "
+                             "compactcl.models.from_module(model, head='<its nn.Linear>', factory=<a @model_factory "
+                             "function>) so the run can grow its head and save checkpoints")
+    model.spec  # raises now, not after a task's training, when no factory can rebuild it
+    model = copy.deepcopy(model)
     network = learner_class(recipe.learner.name).network
     if model.grows_branches != network.grows_branches:
         raise CompactCLError(f"learner {recipe.learner.name!r} grows a {network.__name__}; the model handed in is a "
@@ -304,7 +309,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             state = _load_state(last / "state.safetensors", state, stream)
             log(f"resuming {out} after task {len(rows) - 1}" if len(rows) < len(stream) else
                 f"{out} is complete ({len(rows)} tasks); nothing to do. Report: {out / 'report.html'}")
-    changes = record_changes(recorded, recipe.model_dump(mode="json"), changes, len(rows))
+    if len(rows) < len(stream):  # a finished run has no task a changed key could apply to
+        changes = record_changes(recorded, recipe.model_dump(mode="json"), changes, len(rows))
     if deployer is None and recipe.compress is not None:
         from .compress import CompressDeployer
 
@@ -342,6 +348,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             t1 = time.perf_counter()
             # The deployer's random draws (student init, calibration picks) stay out of the
             # learner's stream: adding a compress section must not change the working model.
+            for name in (*deployer.files, *deployer.state_files):  # a killed attempt's: never published as ours
+                (task_dir / name).unlink(missing_ok=True)
             with torch.random.fork_rng(devices=_live_cuda_devices()):
                 result = deployer.deploy(state.model, ctx)
             deployed, deployed_path, extra = result.model, result.path, result.report
