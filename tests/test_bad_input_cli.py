@@ -20,7 +20,7 @@ from compactcl.models.checkpoint import read_header
 
 CALL_S = 5.0
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FAST = ["--no-progress", "--set", "learner.epochs=1", "--set", "data.tasks=2", "--set", "learner.name=icarl",
+RUN_FAST = ["--no-progress", "--set", "learner.epochs=1", "--set", "data.tasks=2", "--set", "data.all_classes=false", "--set", "learner.name=icarl",
             "--set", "compress=null", "--set", "model.options.width=4"]
 
 

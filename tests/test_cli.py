@@ -7,7 +7,7 @@ import pytest
 from compactcl import load
 from compactcl.cli.main import main
 
-FAST = ["--set", "data.tasks=2", "--set", "data.classes_per_task=2", "--set", "learner.epochs=2",
+FAST = ["--set", "data.tasks=2", "--set", "data.all_classes=false", "--set", "data.classes_per_task=2", "--set", "learner.epochs=2",
         "--set", "model.options.width=8", "--set", "learner.name=icarl", "--set", "compress=null", "--no-progress"]
 
 
@@ -41,7 +41,7 @@ def test_existing_run_is_not_overwritten_and_resume_finishes(tmp_path, capsys):
 def test_resume_from_partial_run_matches_uninterrupted(tmp_path):
     """Stop after task 0 (by running a 1-task prefix), then resume: same accuracies as one go."""
     full, part = tmp_path / "full", tmp_path / "part"
-    args = [*FAST, "--set", "data.tasks=3"]
+    args = [*FAST, "--set", "data.tasks=3", "--set", "data.all_classes=false"]
     assert main(["run", "--out", str(full), *args]) == 0
     assert main(["run", "--out", str(part), *args]) == 0
     doc = json.loads((part / "metrics.json").read_text())
@@ -80,7 +80,7 @@ def test_import_is_light():
 def test_compressed_run_fits_its_budget_every_task(tmp_path, capsys):
     """DER grows; the deployed artifact (distilled + k-means, bits searched) stays within budget."""
     out = tmp_path / "c"
-    args = ["run", "--out", str(out), "--no-progress", "--set", "data.tasks=2", "--set", "data.classes_per_task=3",
+    args = ["run", "--out", str(out), "--no-progress", "--set", "data.tasks=2", "--set", "data.all_classes=false", "--set", "data.classes_per_task=3",
             "--set", "learner.name=der", "--set", "learner.epochs=3", "--set", "model.options.width=8",
             "--set", "compress.budget.fraction_of_backbone=0.25", "--set", "export.int8=true",
             "--set", "compress.steps=[{distill: {student: cnn, options: {width: 4}, epochs: 10}}, "

@@ -62,7 +62,7 @@ def test_steps_are_validated_with_the_key_named():
 def test_a_budget_no_model_can_meet_says_by_how_much(tmp_path):
     from compactcl.pipeline.run import run_recipe
 
-    recipe = load_recipe(None, ["data.tasks=1", "data.classes_per_task=2", "learner.name=icarl", "learner.epochs=1",
+    recipe = load_recipe(None, ["data.tasks=1", "data.all_classes=false", "data.classes_per_task=2", "learner.name=icarl", "learner.epochs=1",
                                 "model.options.width=4", "compress.budget.bytes=300", "export.onnx=false",
                                 "compress.steps=[{quantize: {method: linear, bits: 8, qat_epochs: 0}}]"])
     with pytest.raises(CompactCLError, match=r"over the budget of 300 bytes"):
@@ -89,7 +89,7 @@ def test_compressing_does_not_change_the_working_model(tmp_path):
     # next tasks must not see them, or adding a compress section would change the learner's results.
     from compactcl.pipeline.run import run_recipe
 
-    base = ["data.tasks=3", "data.classes_per_task=2", "learner.name=icarl", "learner.epochs=1",
+    base = ["data.tasks=3", "data.all_classes=false", "data.classes_per_task=2", "learner.name=icarl", "learner.epochs=1",
             "model.options.width=4", "memory.size=40", "export.onnx=false"]
     plain = run_recipe(load_recipe(None, base + ["compress=null"]), tmp_path / "plain", progress=False,
                        log=lambda s: None)
@@ -108,7 +108,7 @@ def test_pruning_in_the_deployer_recovers_with_the_default_finetune(tmp_path):
 
     steps = "compress.steps=[{distill: {student: cnn, options: {width: 16}, epochs: 10}}, " \
             "{prune: {method: structured, ratio: 0.5}}, {quantize: {method: linear, bits: 8, qat_epochs: 0}}]"
-    doc = run_recipe(load_recipe(None, ["data.tasks=2", "learner.epochs=5", "export.onnx=false", steps,
+    doc = run_recipe(load_recipe(None, ["data.tasks=2", "data.all_classes=false", "learner.epochs=5", "export.onnx=false", steps,
                                         "compress.budget.fraction_of_backbone=1"]),
                      tmp_path / "r", progress=False, log=lambda s: None)
     for task in doc["tasks"]:
@@ -138,7 +138,7 @@ def test_an_undertrained_deploy_warns_on_the_console_and_in_metrics(tmp_path, ca
     from compactcl.cli.main import main
 
     recipe = Path(__file__).parent / "data" / "tiny-compressed.yaml"
-    args = ["run", str(recipe), "--no-progress", "--out", str(tmp_path / "run"), "--set", "data.tasks=2",
+    args = ["run", str(recipe), "--no-progress", "--out", str(tmp_path / "run"), "--set", "data.tasks=2", "--set", "data.all_classes=false",
             "--set", "learner.name=finetune", "--set", "export.int8=false"]
     assert main(args) == 0
     out = capsys.readouterr().out

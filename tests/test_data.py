@@ -94,6 +94,22 @@ def test_impossible_split_is_explained(digits):
         class_incremental(digits, tasks=4, classes_per_task=3, seed=0)
 
 
+def test_a_stream_that_leaves_classes_out_is_refused_unless_asked_for(digits):
+    from compactcl.pipeline.recipe import load_recipe
+    from compactcl.pipeline.stream import build_stream
+
+    # the default recipe is 5 x 2: --set data.tasks=3 alone would learn 6 of the 10 digits
+    with pytest.raises(CompactCLError) as e:
+        build_stream(load_recipe(None, ["data.tasks=3"]), digits)
+    msg = str(e.value)
+    assert "data.tasks=3 x data.classes_per_task=2 covers 6 of the dataset's 10 classes and would leave 4 out" in msg
+    assert "data.tasks=5 for all of them" in msg and "data.all_classes=false" in msg
+    with pytest.raises(CompactCLError, match="first_task_classes=6.*covers 8 of"):
+        class_incremental(digits, tasks=2, classes_per_task=2, first_task_classes=6)
+    s = build_stream(load_recipe(None, ["data.tasks=3", "data.all_classes=false"]), digits)  # the opt-in
+    assert [len(t.classes) for t in s] == [2, 2, 2] and len({c for t in s for c in t.classes}) == 6
+
+
 def test_from_arrays_and_label_count_mismatch():
     x = np.random.rand(10, 4, 4)
     ds = from_arrays(x, np.arange(10) % 2, x[:4], np.arange(4) % 2)

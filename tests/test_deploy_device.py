@@ -32,7 +32,7 @@ def _spy_on_training(monkeypatch) -> list[tuple[str, str, str]]:
 
 def _run_on(device: str, tmp_path, monkeypatch) -> list[tuple[str, str, str]]:
     calls = _spy_on_training(monkeypatch)
-    recipe = load_recipe(str(RECIPE), [f"device={device}", "data.tasks=2", "export.int8=false"])
+    recipe = load_recipe(str(RECIPE), [f"device={device}", "data.tasks=2", "data.all_classes=false", "export.int8=false"])
     run_recipe(recipe, tmp_path / "run", progress=False, log=lambda _m: None)
     return calls
 

@@ -123,7 +123,7 @@ RECIPE = """
 version: 1
 name: ddp-tiny
 seed: 0
-data: {dataset: digits, tasks: 2, classes_per_task: 2}
+data: {dataset: digits, tasks: 2, classes_per_task: 2, all_classes: false}
 model: {backbone: mlp, options: {hidden: [64]}}
 learner: {name: icarl, epochs: 3, batch_size: 32, lr: 0.05}
 memory: {size: 40, selection: herding}

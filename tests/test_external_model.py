@@ -123,7 +123,7 @@ def test_load_weights_from_state_dict_and_safetensors(tmp_path):
 
 
 def test_icarl_three_tasks_on_wrapped_residual_model(digits, tmp_path):
-    stream = class_incremental(digits, tasks=3, classes_per_task=2, seed=0)
+    stream = class_incremental(digits, tasks=3, classes_per_task=2, seed=0, all_classes=False)
     model = from_module(tiny_resnet(num_classes=0), factory=tiny_resnet, factory_kwargs={"num_classes": 0})
     state = LearnerState(model, ExemplarMemory(size=60), TrainConfig(epochs=8, batch_size=32, lr=0.05))
     learner = create_learner("icarl")
@@ -264,7 +264,7 @@ def test_user_residual_model_through_a_compressed_recipe_run(tmp_path, monkeypat
     recipe.write_text("""
 version: 1
 name: byo
-data: {dataset: digits, tasks: 3, classes_per_task: 2}
+data: {dataset: digits, tasks: 3, classes_per_task: 2, all_classes: false}
 model: {backbone: "module:byo_models:tiny_resnet", options: {width: 8}}
 learner: {name: icarl, epochs: 10}
 memory: {size: 100}

@@ -8,7 +8,7 @@ from compactcl.models import load_checkpoint
 from compactcl.pipeline.recipe import load_recipe
 from compactcl.pipeline.run import run_recipe
 
-BASE = ["data.tasks=2", "data.classes_per_task=2", "learner.epochs=3", "model.options.width=4", "memory.size=40",
+BASE = ["data.tasks=2", "data.all_classes=false", "data.classes_per_task=2", "learner.epochs=3", "model.options.width=4", "memory.size=40",
         "export.onnx=false", "compress=null"]
 
 

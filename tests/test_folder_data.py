@@ -47,7 +47,8 @@ def test_folder_resizes_normalizes_and_records(photos):
     # Reproduce one image by hand from the recorded recipe: resize, /255, (x - mean) / std.
     with Image.open(photos / "dog" / "1.png") as im:
         ref = np.asarray(im.convert("RGB").resize((16, 16), Image.BILINEAR), dtype=np.float32) / 255.0
-    ref = torch.from_numpy((ref.transpose(2, 0, 1) - norm["mean"]) / norm["std"]).float()
+    mean, std = (np.asarray(norm[k]).reshape(3, 1, 1) for k in ("mean", "std"))  # one number per channel
+    ref = torch.from_numpy((ref.transpose(2, 0, 1) - mean) / std).float()
     all_x = torch.cat([ds.train.x, ds.test.x])
     assert min(float((x - ref).abs().max()) for x in all_x) < 1e-5  # the decoded image is in the data
     # Class colour survives: the mean of the class's dominant channel is the largest one.
@@ -84,7 +85,8 @@ def test_lazy_folder_matches_folder_and_decodes_on_access(photos):
     assert torch.equal(train[train.y == 2], ds.train.x[ds.train.y == 2])
     # Nothing is cached: a file changed on disk is seen at the next access.
     Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(train.files[0])
-    assert torch.allclose(train[0], torch.full((3, 12, 12), -norm["mean"] / norm["std"]))
+    black = [-m / s for m, s in zip(norm["mean"], norm["std"])]  # a black pixel, standardised per channel
+    assert torch.allclose(train[0], torch.tensor(black).reshape(3, 1, 1).expand(3, 12, 12))
 
 
 def test_augment_batch_crops_flips_and_is_seeded():

@@ -87,7 +87,7 @@ def test_a_quantize_step_before_a_prune_step_keeps_the_model_on_the_grid(tmp_pat
     from compactcl.pipeline.recipe import load_recipe
     from compactcl.pipeline.run import run_recipe
 
-    recipe = load_recipe(None, ["data.tasks=1", "learner.name=finetune", "learner.epochs=3", "memory.size=0",
+    recipe = load_recipe(None, ["data.tasks=1", "data.all_classes=false", "learner.name=finetune", "learner.epochs=3", "memory.size=0",
                                 "compress.budget={}",
                                 "compress.steps=[{quantize: {bits: 8, qat_epochs: 0}}, "
                                 "{prune: {ratio: 0.3, finetune_epochs: 1}}]"])

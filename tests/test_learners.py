@@ -11,7 +11,7 @@ from compactcl.models import IncrementalNet
 
 def run_stream(digits, name, epochs=6, **opts):
     torch.manual_seed(0)
-    stream = class_incremental(digits, tasks=3, classes_per_task=2, seed=0)
+    stream = class_incremental(digits, tasks=3, classes_per_task=2, seed=0, all_classes=False)
     model = LEARNERS[name].build_model("mlp", 1, 8, {"hidden": [64]})
     state = LearnerState(model, ExemplarMemory(60), TrainConfig(epochs=epochs, lr=0.05, batch_size=32))
     learner = create_learner(name, **opts)

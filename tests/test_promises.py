@@ -212,7 +212,7 @@ def test_a_latency_budget_no_model_meets_stops_the_run_with_the_latency_reached(
     with pytest.raises(CompactCLError, match=r"task 0: deployed latency [0-9.]+ ms .* exceeds "
                                              r"compress\.budget\.latency_ms=1e-06"):
         _run(str(DATA / "tiny.yaml"), tmp_path / "slow",
-             ["data.tasks=1", "compress.budget={latency_ms: 0.000001}", steps, "export.onnx=false"])
+             ["data.tasks=1", "data.all_classes=false", "compress.budget={latency_ms: 0.000001}", steps, "export.onnx=false"])
 
 
 # --- Commands: "compactcl compare ... several learners on the same stream and seeds, one table" ------------
@@ -226,7 +226,7 @@ def test_compare_runs_each_learner_on_the_same_streams_and_averages_the_seeds(tm
     monkeypatch.setattr(html, "write_report", lambda out: None)  # the report is tested on its own; it is slow
     out = tmp_path / "cmp"
     assert main(["compare", str(DATA / "tiny.yaml"), "--learners", "finetune,icarl", "--seeds", "0,1", "--out",
-                 str(out), "--set", "data.tasks=2", "--json"]) == 0
+                 str(out), "--set", "data.tasks=2", "--set", "data.all_classes=false", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert table == json.loads((out / "compare.json").read_text()) and table["seeds"] == [0, 1]
     runs = {(n, s): json.loads((out / f"{n}-seed{s}" / "metrics.json").read_text())

@@ -58,7 +58,7 @@ def test_a_torch_dataset_and_a_recipe_object_go_in(tmp_path):
         def __getitem__(self, i):
             return torch.from_numpy(self.x[i]), int(self.y[i])
 
-    recipe = load_recipe(None, ["data.tasks=2", "learner={name: icarl, epochs: 10}", "model.backbone=mlp",
+    recipe = load_recipe(None, ["data.tasks=2", "data.all_classes=false", "learner={name: icarl, epochs: 10}", "model.backbone=mlp",
                                 "model.options={hidden: [32]}", "export.onnx=false"])
     recipe = recipe.set("compress", None)
     doc = compactcl.run(recipe, data=Pairs(200), out=tmp_path / "run", progress=False, log=lambda _m: None)

@@ -14,7 +14,7 @@ import yaml
 from compactcl.cli.main import main
 from compactcl.pipeline.folder import MARKER, _lock, claim_run_folder, recipe_diff, record_changes
 
-FAST = ["--set", "data.tasks=2", "--set", "data.classes_per_task=2", "--set", "learner.epochs=1",
+FAST = ["--set", "data.tasks=2", "--set", "data.all_classes=false", "--set", "data.classes_per_task=2", "--set", "learner.epochs=1",
         "--set", "model.options.width=8", "--set", "learner.name=icarl", "--set", "compress=null", "--no-progress"]
 
 
@@ -102,7 +102,7 @@ def test_resume_by_folder_uses_the_recorded_recipe_and_refuses_changes(tmp_path,
     doc["tasks"] = doc["tasks"][:1]  # as if killed after task 0
     (out / "metrics.json").write_text(json.dumps(doc))
     recorded = (out / "recipe.yaml").read_bytes()
-    for change in (["--set", "seed=7"], ["--set", "data.tasks=3"], ["--set", "learner.epochs=2"]):
+    for change in (["--set", "seed=7"], ["--set", "data.tasks=3", "--set", "data.all_classes=false"], ["--set", "learner.epochs=2"]):
         assert main(["run", "--resume", str(out), "--no-progress", *change]) == 2
         err = capsys.readouterr().err
         assert change[1].split("=")[0] in err and "different recipe" in err

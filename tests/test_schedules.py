@@ -60,7 +60,7 @@ def test_learner_trains_task_zero_for_first_epochs(digits) -> None:
     from compactcl.learners.base import LearnerState
 
     epochs: list[int] = []
-    stream = class_incremental(digits, tasks=2, classes_per_task=2)
+    stream = class_incremental(digits, tasks=2, classes_per_task=2, all_classes=False)
     learner = create_learner("replay", epochs=1, first_epochs=3)
     state = LearnerState(model=learner.build_model("cnn", 1, 8, {"width": 4}), memory=ExemplarMemory(size=20),
                          train=learner.options.train_config(),

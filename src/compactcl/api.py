@@ -98,7 +98,8 @@ def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:
     ds = load_dataset(stream_meta["dataset"], stream_meta.get("root"), **stream_meta.get("dataset_options", {}))
     stream = class_incremental(ds, stream_meta["tasks"], stream_meta.get("classes_per_task"),
                                stream_meta.get("first_task_classes"), stream_meta["seed"],
-                               stream_meta["val_fraction"], stream_meta["class_order"])
+                               stream_meta["val_fraction"], stream_meta["class_order"],
+                               all_classes=False)  # the file's stream was accepted when it was trained
     spec = read_header(path).get("spec") or {}
     check_input(spec, ds.train.x[:1], f"{path}: its recorded data {stream_meta['dataset']!r}")
     n_tasks = meta["task"] + 1

@@ -1,7 +1,8 @@
 """Datasets as in-memory tensors, one registry: digits (built in), idx (MNIST format), folder, arrays.
 
 Every loader returns :class:`DatasetSplits` with images as float32 ``(N, C, H, W)`` tensors,
-standardised with the training split's mean and std (recorded in ``normalization``).
+standardised with the training split's per-channel mean and std (recorded in ``normalization``
+as lists, one number per channel).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["TensorData", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
-           "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch"]
+           "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch",
+           "per_channel", "standardize_array"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -106,15 +108,37 @@ def _standardize(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np
     if not len(train_x) or not len(test_x):
         raise CompactCLError(f"{name}: {len(train_x)} training and {len(test_x)} test images; both splits need images")
     num_classes = _check_labels(name, train_y, test_y)
-    mean = float(train_x.mean())
-    _check_finite(name, "training", train_x, mean)
+    # per channel, each channel's numbers computed exactly as one scalar over a 1-channel set was
+    mean = [float(train_x[:, c].mean()) for c in range(train_x.shape[1])]
+    _check_finite(name, "training", train_x, sum(mean))
     _check_finite(name, "test", test_x, float(test_x.sum()))
-    std = float(train_x.std()) or 1.0
-    to_t = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))  # noqa: E731
+    std = [float(train_x[:, c].std()) or 1.0 for c in range(train_x.shape[1])]
+    to_t = lambda a: torch.from_numpy(standardize_array(a, mean, std))  # noqa: E731
     return DatasetSplits(name, TensorData(to_t(train_x), torch.from_numpy(train_y.astype(np.int64))),
                          TensorData(to_t(test_x), torch.from_numpy(test_y.astype(np.int64))), num_classes,
                          class_names or [str(i) for i in range(num_classes)],
                          {"scale": "pixel/255" if name != "digits" else "pixel/16", "mean": mean, "std": std})
+
+
+def per_channel(value: float | list[float] | tuple[float, ...], channels: int) -> list[float]:
+    """A recorded mean or std as one float per channel: lists as they are (length checked), a scalar
+    (files written before normalization was per channel) repeated."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != channels:
+            raise CompactCLError(f"normalization holds {len(value)} values for {channels}-channel images; "
+                                 "the file is inconsistent, export it again")
+        return [float(v) for v in value]
+    return [float(value)] * channels
+
+
+def standardize_array(a: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """(N, C, H, W) values in [0, 1] -> float32 ``(a - mean[c]) / std[c]``, channel by channel with
+    Python-float statistics, so a 1-channel set gets the very float32 operations of a scalar mean/std."""
+    mean, std = per_channel(mean, a.shape[1]), per_channel(std, a.shape[1])
+    out = np.empty(a.shape, dtype=np.float32)
+    for c in range(a.shape[1]):
+        out[:, c] = (a[:, c] - mean[c]) / std[c]
+    return out
 
 
 def _check_labels(name: str, train_y: np.ndarray, test_y: np.ndarray) -> int:
@@ -416,24 +440,33 @@ def _decode_all(files: list[Path], size: int, channels: int) -> np.ndarray:
     return out
 
 
-def _uint8_stats(x: np.ndarray) -> tuple[float, float]:
-    """Mean and std of ``x / 255`` over everything, exact (integer sums), chunked (no float copy of x)."""
-    total, squares, n = 0, 0, x.size
+def _uint8_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``x / 255`` (N, C, S, S), exact (integer sums), chunked (no float copy of x)."""
+    channels = x.shape[1]
+    total, squares = [0] * channels, [0] * channels
     for i in range(0, len(x), _CHUNK):
         part = x[i: i + _CHUNK].astype(np.int64)
-        total += int(part.sum())
-        squares += int((part * part).sum())
-    mean = total / n / 255.0
-    var = max(squares / n / 255.0 ** 2 - mean * mean, 0.0)
-    return mean, (var ** 0.5) or 1.0
+        for c in range(channels):
+            total[c] += int(part[:, c].sum())
+            squares[c] += int((part[:, c] * part[:, c]).sum())
+    return _stats_from_sums(total, squares, x.size // channels if channels else 0)
 
 
-def _to_float(x: np.ndarray, mean: float, std: float) -> torch.Tensor:
+def _stats_from_sums(total: list[int], squares: list[int], n: int) -> tuple[list[float], list[float]]:
+    """Mean and std of pixel/255 from per-channel integer sums over ``n`` values a channel."""
+    mean = [t / n / 255.0 for t in total]
+    std = [max(q / n / 255.0 ** 2 - m * m, 0.0) ** 0.5 or 1.0 for q, m in zip(squares, mean)]
+    return mean, std
+
+
+def _to_float(x: np.ndarray, mean: Any, std: Any) -> torch.Tensor:
     """uint8 (N, C, S, S) -> standardised float32 tensor, written chunk by chunk into one buffer."""
+    mean, std = per_channel(mean, x.shape[1]), per_channel(std, x.shape[1])
     out = torch.empty(x.shape, dtype=torch.float32)
     for i in range(0, len(x), _CHUNK):
         part = torch.from_numpy(x[i: i + _CHUNK]).float().div_(255.0)
-        out[i: i + _CHUNK] = part.sub_(mean).div_(std)
+        for c in range(x.shape[1]):
+            out[i: i + _CHUNK, c] = part[:, c].sub_(mean[c]).div_(std[c])
     return out
 
 
@@ -474,7 +507,7 @@ def _check_image_options(image_size: Any, channels: Any) -> None:
         raise CompactCLError(f"data.options.channels must be 1 (grey) or 3 (RGB), got {channels!r}")
 
 
-def _folder_normalization(image_size: int, channels: int, mean: float, std: float) -> dict[str, Any]:
+def _folder_normalization(image_size: int, channels: int, mean: list[float], std: list[float]) -> dict[str, Any]:
     return {"scale": "pixel/255", "mean": mean, "std": std, "resize": [image_size, image_size],
             "channels": channels, "interpolation": "bilinear"}
 
@@ -484,8 +517,8 @@ def folder(root: str | None = None, image_size: int = 32, channels: int = 3, tes
            max_in_memory_mb: float = DEFAULT_MAX_IN_MEMORY_MB) -> DatasetSplits:
     """One sub-folder of images per class (``root/<class>/*.png``), or ``root/train`` + ``root/test``.
 
-    Images are resized to ``image_size`` squared, standardised with the training split's mean
-    and std (recorded in ``normalization``) and held in memory as float32. If that would take
+    Images are resized to ``image_size`` squared, standardised with the training split's
+    per-channel mean and std (recorded in ``normalization``, one number per channel) and held in memory as float32. If that would take
     more than ``max_in_memory_mb``, it refuses before decoding anything, with the fixes.
     """
     _check_image_options(image_size, channels)
@@ -519,10 +552,11 @@ class LazyImages:
     """
 
     def __init__(self, files: list[Path], labels: np.ndarray, image_size: int, channels: int,
-                 mean: float, std: float):
+                 mean: Any, std: Any):
         self.files = list(files)
         self.y = torch.as_tensor(labels, dtype=torch.long)
-        self.image_size, self.channels, self.mean, self.std = image_size, channels, mean, std
+        self.image_size, self.channels = image_size, channels
+        self.mean, self.std = per_channel(mean, channels), per_channel(std, channels)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -546,21 +580,25 @@ class LazyImages:
 
 
 def lazy_folder(root: str | None = None, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2,
-                mean: float | None = None, std: float | None = None) -> tuple[LazyImages, LazyImages, dict[str, Any]]:
+                mean: float | list[float] | None = None, std: float | list[float] | None = None) -> tuple[LazyImages, LazyImages, dict[str, Any]]:
     """(train, test, normalization) of an image folder, decoded on access: for folders too big for memory.
 
-    Without ``mean``/``std``, one streaming pass over the training images computes them
-    (memory: one image at a time); the split and the numbers match :func:`folder`.
+    Without ``mean``/``std`` (one number, or one per channel), one streaming pass over the
+    training images computes them per channel (memory: one image at a time); the split and the
+    numbers match :func:`folder`.
     """
     _check_image_options(image_size, channels)
     base, classes, tr_files, tr_y, te_files, te_y = _folder_files(root, test_fraction)
     if mean is None or std is None:
-        total, squares, count = 0, 0, 0
+        total, squares, count = [0] * channels, [0] * channels, 0
         for f in tr_files:
-            a = _decode(f, image_size, channels).astype(np.int64)
-            total, squares, count = total + int(a.sum()), squares + int((a * a).sum()), count + a.size
-        mean = total / count / 255.0
-        std = max(squares / count / 255.0 ** 2 - mean * mean, 0.0) ** 0.5 or 1.0
+            a = _decode(f, image_size, channels).astype(np.int64)  # (C, S, S)
+            for c in range(channels):
+                total[c] += int(a[c].sum())
+                squares[c] += int((a[c] * a[c]).sum())
+            count += a[0].size
+        mean, std = _stats_from_sums(total, squares, count)
+    mean, std = per_channel(mean, channels), per_channel(std, channels)
     norm = {**_folder_normalization(image_size, channels, mean, std), "classes": classes}
     return (LazyImages(tr_files, tr_y, image_size, channels, mean, std),
             LazyImages(te_files, te_y, image_size, channels, mean, std), norm)

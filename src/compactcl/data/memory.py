@@ -8,7 +8,8 @@ the end of that order.
 
 Exemplars are kept as what images are: uint8 pixels, 1 byte a value (the float32 standardised
 tensors the datasets hand out take 4), whenever the memory knows the dataset's
-``normalization`` (``scale`` pixel/255 or pixel/16, ``mean``, ``std``); they are standardised
+``normalization`` (``scale`` pixel/255 or pixel/16, ``mean``, ``std``: one number per channel,
+or one for all in files written before); they are standardised
 again, with the dataset's own float32 arithmetic, when batched (:meth:`ExemplarMemory.data`).
 Images that came from 8-bit pixels round-trip bit for bit. ``bytes`` is the alternative to
 ``size``: the budget in bytes of stored pixels, ``size = bytes // (bytes of one image)``.
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .datasets import TensorData
+from .datasets import TensorData, per_channel, standardize_array
 
 __all__ = ["ExemplarMemory", "herding", "extract_features", "encode_uint8", "decode_uint8", "pixel_levels"]
 
@@ -42,17 +43,20 @@ def pixel_levels(normalization: dict[str, Any] | None) -> int | None:
 
 def encode_uint8(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
     """Standardised float images -> their uint8 pixels (rounded; exact for images that were 8-bit)."""
-    levels, mean, std = pixel_levels(normalization), normalization["mean"], normalization["std"]
-    pixels = (x.double() * std + mean) * levels  # float64: the float32 error is far below half a level
+    levels, channels = pixel_levels(normalization), x.shape[-3]
+    mean, std = per_channel(normalization["mean"], channels), per_channel(normalization["std"], channels)
+    pixels = x.double()  # float64: the float32 error is far below half a level
+    for c in range(channels):  # (..., C, H, W)
+        pixels[..., c, :, :] = (pixels[..., c, :, :] * std[c] + mean[c]) * levels
     return pixels.round().clamp(0, 255).to(torch.uint8)
 
 
 def decode_uint8(u: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
     """uint8 pixels -> float32 standardised images, with the very float32 operations of
     ``datasets._standardize`` (so 8-bit images come back bit-identical)."""
-    levels, mean, std = pixel_levels(normalization), normalization["mean"], normalization["std"]
-    a = u.numpy().astype(np.float32) / np.float32(levels)
-    return torch.from_numpy(((a - mean) / std).astype(np.float32))
+    levels = pixel_levels(normalization)
+    a = u.numpy().astype(np.float32) / np.float32(levels)  # (N, C, H, W)
+    return torch.from_numpy(standardize_array(a, normalization["mean"], normalization["std"]))
 
 
 @torch.no_grad()

@@ -41,7 +41,8 @@ class Stream:
         return iter(self.tasks)
 
 
-def _task_sizes(num_classes: int, tasks: int, classes_per_task: int | None, first_task_classes: int | None) -> list[int]:
+def _task_sizes(num_classes: int, tasks: int, classes_per_task: int | None, first_task_classes: int | None,
+                all_classes: bool = True) -> list[int]:
     if tasks < 1:
         raise CompactCLError(f"data.tasks must be >= 1, got {tasks}")
     first = first_task_classes or 0
@@ -58,6 +59,16 @@ def _task_sizes(num_classes: int, tasks: int, classes_per_task: int | None, firs
     if sum(sizes) > num_classes:
         raise CompactCLError(f"the stream asks for {sum(sizes)} classes ({sizes}) but the dataset has {num_classes}; "
                              "lower data.tasks or data.classes_per_task")
+    if all_classes and sum(sizes) < num_classes:  # never drop classes silently (e.g. --set data.tasks=3 on 5 x 2)
+        rest = num_classes - first
+        fit = f"data.tasks={rest // classes_per_task + (1 if first else 0)} for all of them, " \
+            if not rest % classes_per_task else ""
+        raise CompactCLError(
+            f"data.tasks={tasks} x data.classes_per_task={classes_per_task}"
+            f"{f' (with data.first_task_classes={first})' if first else ''} covers {sum(sizes)} of the dataset's "
+            f"{num_classes} classes and would leave {num_classes - sum(sizes)} out; set {fit}change data.tasks / "
+            f"data.classes_per_task, or set data.all_classes=false to learn only the first {sum(sizes)} "
+            "classes of the order")
     return sizes
 
 
@@ -76,11 +87,13 @@ def _split_val(data: TensorData, fraction: float, rng: np.random.Generator) -> t
 
 def class_incremental(dataset: DatasetSplits, tasks: int, classes_per_task: int | None = None,
                       first_task_classes: int | None = None, seed: int = 0, val_fraction: float = 0.1,
-                      class_order: list[int] | None = None) -> Stream:
+                      class_order: list[int] | None = None, all_classes: bool = True) -> Stream:
     """Cut ``dataset`` into ``tasks`` class-incremental tasks.
 
     ``first_task_classes`` gives a larger first task (the "B50" protocol: half the classes
     first, then equal steps). The class order is a permutation seeded by ``seed`` unless given.
+    A stream that covers fewer classes than the dataset holds is an error unless ``all_classes``
+    is False (then the first classes of the order are used).
 
     >>> from compactcl.data.datasets import load_dataset
     >>> s = class_incremental(load_dataset("digits"), tasks=5, seed=0)
@@ -89,7 +102,7 @@ def class_incremental(dataset: DatasetSplits, tasks: int, classes_per_task: int 
     """
     if not 0 <= val_fraction < 1:
         raise CompactCLError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-    sizes = _task_sizes(dataset.num_classes, tasks, classes_per_task, first_task_classes)
+    sizes = _task_sizes(dataset.num_classes, tasks, classes_per_task, first_task_classes, all_classes)
     rng = np.random.default_rng(seed)
     if class_order is None:
         class_order = [int(c) for c in rng.permutation(dataset.num_classes)]

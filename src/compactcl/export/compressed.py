@@ -32,6 +32,7 @@ from torch import nn
 
 from ..compress.quantize.onnx_graph import OPSET, DecodeGraph
 from ..compress.quantize.state import quantized_layers
+from ..data.datasets import per_channel
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
 
@@ -185,12 +186,6 @@ def export_dense_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tu
 
 
 # ------------------------------------------------------------------------------------- metadata
-def _per_channel(value: Any, channels: int) -> list[float]:
-    if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
-    return [float(value)] * channels
-
-
 def describe(meta: Mapping[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
     """How to use a deployed model, from its task's file meta (stream, task, classes, recipe): class
     names in output order, dataset class ids, input layout/channels/size, per-channel normalization
@@ -204,8 +199,8 @@ def describe(meta: Mapping[str, Any], input_shape: tuple[int, ...]) -> dict[str,
     names = list(stream.get("class_names") or [])
     norm = dict(stream.get("normalization") or {})
     channels, size = int(input_shape[-3]), int(input_shape[-1])
-    normalization = {"mean": _per_channel(norm.get("mean", 0.0), channels),
-                     "std": _per_channel(norm.get("std", 1.0), channels)}
+    normalization = {"mean": per_channel(norm.get("mean", 0.0), channels),
+                     "std": per_channel(norm.get("std", 1.0), channels)}
     for k in ("resize", "interpolation"):
         if k in norm:
             normalization[k] = norm[k]

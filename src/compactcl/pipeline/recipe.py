@@ -39,6 +39,9 @@ class DataConfig(_Strict):
     first_task_classes: int | None = Field(None, ge=1, le=10_000_000)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     class_order: list[int] | None = None
+    # false: a stream that covers fewer classes than the dataset holds learns the first ones of the order
+    # (true refuses it, so that e.g. --set data.tasks=3 on 5 x 2 never drops classes silently)
+    all_classes: bool = True
     options: dict[str, Any] = Field(default_factory=dict)  # loader options, e.g. image_size for folders
 
     @field_validator("dataset")

@@ -28,7 +28,7 @@ def build_stream(recipe: Recipe, dataset: DatasetSplits | None = None) -> Stream
         except TypeError as e:  # an option the loader does not take
             raise CompactCLError(f"data.options {d.options} are not options of dataset {d.dataset!r} ({e})") from e
     return class_incremental(ds, d.tasks, d.classes_per_task, d.first_task_classes, recipe.seed, d.val_fraction,
-                             d.class_order)
+                             d.class_order, d.all_classes)
 
 
 def stream_meta(recipe: Recipe, stream: Stream) -> dict[str, Any]:
