@@ -116,7 +116,7 @@ def _cases(f: dict[str, Path], out: Path) -> list[list[str]]:
     cases += [["prune", ck, "--ratio", "0.5", "--out", f"{o}/p.txt"], ["prune", ck, "--ratio", "0.5", "--method", "nope",
                                                                           "--out", f"{o}/p.safetensors"]]
     cases += [["sensitivity", ck, "--ratios", r, "--out", f"{o}/s"] for r in ("a,b", "", "2,3", "-1")]
-    cases += [["export", ck, "--out", f"{o}/e.onnx"], ["export", ck, "--onnx", "--out", f"{o}/e.txt"]]
+    cases += [["export", ck, "--onnx", "--out", f"{o}/e.txt"]]
     # report and compare: metrics files, baselines, seeds, --out
     cases += [["report", str(p)] for k, p in f.items() if k.startswith("metrics:")]
     cases += [["report", f"{o}/none"], ["report", str(f["file"])]]

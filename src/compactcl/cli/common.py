@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +15,67 @@ from ..errors import CompactCLError
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
 MAX_METRICS_BYTES = 64 * 2**20  # a run's metrics.json is kilobytes
 
-__all__ = ["add_json_flag", "emit", "format_table", "read_metrics", "MALFORMED"]
+__all__ = ["CLIParser", "add_json_flag", "add_model_choice", "dequantize_", "emit", "format_table", "model_path",
+           "read_metrics", "say", "MALFORMED"]
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default; not where there is none to show (a flag that is off,
+    no value, an empty list) nor where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class CLIParser(argparse.ArgumentParser):
+    """The parser class of every subcommand (``add_subparsers(parser_class=CLIParser)``): defaults in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        # argparse prints no help line, so no default, for an option without help text
+        if "help" not in kwargs and kwargs.get("default") not in (None, False, [], argparse.SUPPRESS):
+            kwargs["help"] = "default: %(default)s"
+        return super().add_argument(*args, **kwargs)
+
+
+def say(args, line: str) -> None:
+    """One line about what a verb does, on stderr: stdout stays the table or the --json document."""
+    print(f"{getattr(args, 'command', None) or 'compactcl'}: {line}", file=sys.stderr, flush=True)
+
+
+def add_model_choice(parser) -> None:
+    parser.add_argument("--model", dest="which", choices=("deployed", "working"), default="deployed",
+                        help="for a run folder: its final deployed model (final/deployed.ccl or .safetensors) or "
+                             "its working model (final/working.safetensors, the learner's fp32 model)")
+
+
+def model_path(args) -> Path:
+    """The file ``args.model`` names (a run folder: its final ``--model`` model), said in one line."""
+    from ..export.load import resolve_model_path
+
+    path = resolve_model_path(args.model, getattr(args, "which", "deployed"))
+    how = f"the run's {args.which} model; --model working|deployed picks" if Path(args.model).is_dir() else "as given"
+    say(args, f"using {path} ({how})")
+    return path
+
+
+def dequantize_(args, model, path: Path):
+    """A packed (quantized) model as plain float weights: its grids dropped, the weights keep the
+    decoded values. Says so when there was a grid to drop."""
+    from ..compress.quantize.state import quantized_layers, set_weight_quant
+
+    layers = quantized_layers(model)
+    if layers:
+        modules = dict(model.named_modules())
+        for name in layers:
+            set_weight_quant(modules[name], None)
+        say(args, f"{path.name} is quantized ({len(layers)} layers): dequantized to float weights first")
+    return model
 
 
 def add_json_flag(parser) -> None:

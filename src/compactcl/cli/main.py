@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from ..errors import CompactCLError
+from .common import CLIParser, DefaultsHelpFormatter
 
 # Each module defines add_parser(subparsers) and run(args) -> int.
 COMMANDS = ["run", "list", "quantize", "export", "prune", "sensitivity", "report", "compare", "predict"]
@@ -14,7 +15,8 @@ COMMANDS = ["run", "list", "quantize", "export", "prune", "sensitivity", "report
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compactcl", description="Class-incremental learning that stays small.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.formatter_class = DefaultsHelpFormatter
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CLIParser)
     for name in COMMANDS:
         importlib.import_module(f"compactcl.cli.{name}").add_parser(sub)
     return parser

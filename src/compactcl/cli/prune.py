@@ -6,7 +6,7 @@ import argparse
 import copy
 from pathlib import Path
 
-from .common import add_json_flag, emit, format_table
+from .common import add_json_flag, add_model_choice, dequantize_, emit, format_table, model_path, say
 
 METHODS = ("magnitude", "l1", "sensitivity", "structured")
 
@@ -15,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("prune", help="prune a checkpoint or run folder and fine-tune it",
                               description="Prune a saved model, fine-tune it on the data it was trained on, "
                                           "save it and print before/after figures.")
-    p.add_argument("model", help="checkpoint (.safetensors / .ccl) or run folder (uses final/working)")
+    p.add_argument("model", help="checkpoint (.safetensors), artifact (.ccl; dequantized first) or run folder (its final deployed model; --model working for the working one)")
+    add_model_choice(p)
     p.add_argument("--method", choices=METHODS, default="magnitude",
                    help="magnitude/l1/sensitivity zero weights (smaller packed .ccl); structured removes channels")
     p.add_argument("--ratio", type=float, required=True,
@@ -39,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import checkpoint_data, load, resolve_model_path
+    from ..api import checkpoint_data, load
     from ..compress.prune import PruneData, config_for, finalize_, finetune_, prune_
     from ..export.measure import model_figures, onnx_latencies, save_model
     from ..errors import CompactCLError
@@ -51,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise CompactCLError(f"--out {out}: use a .safetensors (checkpoint) or .ccl (packed artifact) file name")
     if args.round_to is not None and args.method != "structured":
         raise CompactCLError("--round-to applies to --method structured only (channel counts); drop it")
-    src = resolve_model_path(args.model)
-    dense = load(src)
+    src = model_path(args)
+    dense = dequantize_(args, load(src), src)
     data = checkpoint_data(src)
     shape = tuple(data["input_shape"])
 
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     train_cfg = TrainConfig(epochs=max(args.finetune_epochs, 1), lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     model = copy.deepcopy(dense)
+    say(args, f"pruning ({args.method}, ratio {args.ratio}) and fine-tuning {args.finetune_epochs} epochs ...")
     result = prune_(model, cfg, PruneData(shape, data["train"], data["val"], train_cfg))
     agp = getattr(cfg, "schedule", "oneshot") == "agp"  # AGP already trained between its steps
     if args.finetune_epochs > 0 and not agp:
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     before = model_figures(dense, shape, data["test"], out.suffix)
     after = model_figures(model, shape, data["test"])
     after["bytes"] = nbytes
-    figures = {"method": result.method, "ratio": args.ratio, "out": str(out),
+    figures = {"model_file": str(src), "method": result.method, "ratio": args.ratio, "out": str(out),
                **after, **{f"baseline_{k}": v for k, v in before.items()},
                "config": result.config}
     if "layer_ratios" in result.info:

@@ -11,7 +11,7 @@ its header); QAT fine-tunes on the training split. ``baseline_bytes`` is the fp3
 
 from __future__ import annotations
 
-from .common import add_json_flag, emit, format_table
+from .common import add_json_flag, add_model_choice, dequantize_, emit, format_table, model_path, say
 
 
 # flag -> (config option it sets, value); a method accepts the flag when the option is in its ``options``
@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     from ..compress.quantize import get_method, list_methods
 
     p = sub.add_parser("quantize", help="quantize a checkpoint or run folder's model into a packed .ccl artifact")
-    p.add_argument("model", help="checkpoint (.safetensors), artifact (.ccl) or run folder (uses final/working)")
+    p.add_argument("model", help="checkpoint (.safetensors), artifact (.ccl; dequantized first) or run folder (its final deployed model; --model working for the working one)")
+    add_model_choice(p)
     p.add_argument("--method", choices=list_methods(), default="linear")
     p.add_argument("--bits", type=int, default=8, help="bits per weight (" + ", ".join(
         f"{m} {get_method(m).min_bits}..8" for m in list_methods()) + ")")
@@ -59,7 +60,7 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from ..api import checkpoint_data, load, resolve_model_path
+    from ..api import checkpoint_data, load
     from ..compress.quantize import QATConfig, qat_, quantize_
     from ..errors import CompactCLError
     from ..export.artifact import save_artifact
@@ -70,8 +71,10 @@ def run(args) -> int:
     if args.qat_epochs < 0:
         raise CompactCLError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
     cfg = build_config(args)
-    path = resolve_model_path(args.model)
-    model = load(path)
+    path = model_path(args)
+    model = dequantize_(args, load(path), path)
+    say(args, f"{'QAT ' + str(args.qat_epochs) + ' epochs' if args.qat_epochs else 'quantizing'} "
+              f"({args.method} {args.bits}-bit) and measuring test accuracy ...")
     data = checkpoint_data(path)
     baseline_acc = accuracy(model, data["test"])
     baseline_bytes = fp32_bytes(model)
@@ -82,7 +85,7 @@ def run(args) -> int:
     meta = {**read_header(path).get("meta", {}), "quantization": {**cfg.to_dict(), "qat_epochs": args.qat_epochs}}
     nbytes = save_artifact(model, args.out, meta)
     acc = accuracy(model, data["test"])
-    figures = {"out": str(args.out), "method": args.method, "bits": args.bits, "qat_epochs": args.qat_epochs,
+    figures = {"model_file": str(path), "out": str(args.out), "method": args.method, "bits": args.bits, "qat_epochs": args.qat_epochs,
                "accuracy": acc, "baseline_accuracy": baseline_acc, "bytes": nbytes, "baseline_bytes": baseline_bytes,
                "baseline_bytes_kind": "fp32, 4 bytes per parameter", "size_ratio": nbytes / baseline_bytes}
     table = format_table([{"model": "fp32", "test_accuracy": baseline_acc, "bytes": baseline_bytes},

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from .common import add_json_flag
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild RUN_DIR/report.html (self-contained, opens offline)")
     p.add_argument("run_dir", help="a run folder written by `compactcl run`")
     p.add_argument("--baseline", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="another run whose working accuracy per task is drawn as a dashed line")
+    add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..errors import CompactCLError
     from ..report.html import write_report
-    from .common import MALFORMED, read_metrics
+    from .common import MALFORMED, emit, read_metrics
 
     baselines = {}
     for item in args.baseline:
@@ -25,8 +28,9 @@ def run(args) -> int:
         baselines[name] = [sum(t["accuracy"]["working"]) / len(t["accuracy"]["working"]) for t in doc["tasks"]]
     read_metrics(args.run_dir, "RUN_DIR")
     try:
-        print(write_report(args.run_dir, baselines))
+        path = write_report(args.run_dir, baselines)
     except MALFORMED as e:  # valid rows, but another field the report draws is missing or mistyped
         raise CompactCLError(f"report: {args.run_dir}/metrics.json is not a complete compactcl metrics file "
                              f"({type(e).__name__}: {str(e)[:100]})") from None
+    emit(args, {"report": str(path), "run_dir": str(args.run_dir), "baselines": sorted(baselines)}, str(path))
     return 0

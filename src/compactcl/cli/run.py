@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                    help="continue run folder RUN (or --out) from its last finished task, with its recorded "
                         "recipe; a new or empty folder starts the run; a complete one says so")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (step lines still printed)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bars and no per-step lines; warnings, errors and the result still printed")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -37,8 +39,9 @@ def run(args) -> int:
     overrides += [f"learner.{k}=true" for k, on in (("bf16", args.bf16), ("channels_last", args.channels_last),
                                                      ("compile", args.compile)) if on]
     recipe, out = _recipe_and_out(args, overrides)
-    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    doc = run_recipe(recipe, out, resume=bool(args.resume), progress=not args.no_progress and not args.json, log=log)
+    log = _logger(args.json, args.quiet)
+    doc = run_recipe(recipe, out, resume=bool(args.resume), progress=not (args.no_progress or args.json or args.quiet),
+                     log=log)
     rungs = doc["tasks"][-1].get("deploy", {}).get("rungs") if doc["tasks"] else None
     if rungs:  # compress.measure: one measured row per step (the ladder recipe)
         emit(args, rungs, rungs_table(rungs) + f"\n\nrun folder: {out}  (metrics.json: tasks[{len(doc['tasks']) - 1}]"
@@ -46,6 +49,17 @@ def run(args) -> int:
         return 0
     emit(args, doc["summary"], summary_table(doc) + f"\n\nrun folder: {out}  (metrics.json, final/)")
     return 0
+
+
+def _logger(to_stderr: bool, quiet: bool):
+    """The run's ``log``: step lines to stdout (stderr under --json, whose stdout is the JSON);
+    --quiet keeps only warnings."""
+    stream = sys.stderr if to_stderr else sys.stdout
+
+    def log(line: str) -> None:
+        if not quiet or line.startswith("warning"):
+            print(line, file=stream, flush=True)
+    return log
 
 
 def _recipe_and_out(args, overrides: list[str]):

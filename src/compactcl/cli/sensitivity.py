@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_json_flag, emit, format_table
+from .common import add_json_flag, add_model_choice, emit, format_table, model_path, say
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sensitivity", help="per-layer pruning sensitivity curves (JSON + PNG)",
                               description="For each conv/linear layer, magnitude-prune it alone at each ratio "
                                           "and record validation accuracy (Distiller's sensitivity analysis).")
-    p.add_argument("model", help="checkpoint (.safetensors / .ccl) or run folder (uses final/working)")
+    p.add_argument("model", help="checkpoint (.safetensors / .ccl) or run folder (its final deployed model; --model working for the working one)")
+    add_model_choice(p)
     p.add_argument("--out", required=True, help="folder for sensitivity.json and sensitivity.png")
     p.add_argument("--ratios", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="comma-separated ratios to try per layer")
@@ -37,7 +38,7 @@ def _ratios(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api import checkpoint_data, load, resolve_model_path
+    from ..api import checkpoint_data, load
     from ..compress.prune import ratios_for_target, save_sensitivity, sensitivity_analysis
     from ..compress.prune.importance import NEEDS_GRAD, get_importance
     from ..errors import CompactCLError
@@ -47,16 +48,17 @@ def run(args: argparse.Namespace) -> int:
     get_importance(args.importance)
     if args.importance in NEEDS_GRAD:
         raise CompactCLError(f"--importance {args.importance} needs gradients; sensitivity uses weight scores (l1, l2)")
-    src = resolve_model_path(args.model)
+    src = model_path(args)
     model = load(src)
     data = checkpoint_data(src)
     val = data["val"] if len(data["val"]) else data["test"]
+    say(args, f"pruning each layer alone at {len(ratios)} ratios, scored on {len(val)} validation images ...")
     sens = sensitivity_analysis(model, lambda m: accuracy(m, val), ratios, args.importance)
     layer_ratios = ratios_for_target(sens, args.target) if args.target is not None else None
     if layer_ratios is not None:
         sens.extra = {"target": args.target, "layer_ratios": layer_ratios}
     paths = save_sensitivity(sens, Path(args.out))
-    figures = {**sens.to_json(), "files": {k: str(v) for k, v in paths.items()}}
+    figures = {"model_file": str(src), **sens.to_json(), "files": {k: str(v) for k, v in paths.items()}}
     rows = [{"layer": n, "params": sens.params[n], **{f"{r:.0%}": a for r, a in zip(sens.ratios, c)},
              **({"ratio": layer_ratios[n]} if layer_ratios else {})} for n, c in sens.curves.items()]
     table = (f"dense validation accuracy {sens.baseline:.4f}\n" + format_table(rows)

@@ -296,7 +296,9 @@ def _progress(total: int, desc: str, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="epoch", leave=False)
+    from ..utils.console import on_terminal
+
+    return tqdm(total=total, desc=desc, unit="epoch", leave=False, disable=not on_terminal())
 
 
 @torch.no_grad()

@@ -149,8 +149,10 @@ class CompressDeployer(Deployer):
         measurer = self._measurer(ctx, data, meta) if config.measure else None
         if measurer is not None:
             rungs.append(measurer.row(1, "working", model, False, 0.0, "the working model (fp32)"))
-        for kind, step in config.step_list():
+        steps = config.step_list()
+        for i, (kind, step) in enumerate(steps, 1):
             t0 = time.perf_counter()
+            ctx.log(f"task {task.index}: deploy step {i}/{len(steps)}: {_doing(kind, step)} ...")
             if kind == "distill":
                 model = _distill(teacher, step, data, self.student, device, seed)
                 self.student = copy.deepcopy(model)
@@ -172,6 +174,9 @@ class CompressDeployer(Deployer):
                 quantize_(model, grid)  # post-training, no QAT: the grid of the quantize step before
                 info.update(requantized=True, val_accuracy=accuracy(model, val))
             report["steps"].append({kind: info})
+            ctx.log(f"task {task.index}: deploy step {i}/{len(steps)}: {kind} done in "
+                    f"{time.perf_counter() - t0:.1f} s" + (f" (val accuracy {info['val_accuracy']:.4f})"
+                                                            if "val_accuracy" in info else ""))
             if measurer is not None:
                 rungs.append(measurer.row(len(rungs) + 1, kind, model, _is_quantized(model),
                                           time.perf_counter() - t0, _describe(kind, step, grid)))
@@ -198,7 +203,11 @@ class CompressDeployer(Deployer):
         if self.student is not None:
             save_checkpoint(self.student, ctx.task_dir / self.state_files[0], ctx.meta)
         if self.export_onnx or config.budget.latency_ms:
+            t0 = time.perf_counter()
+            ctx.log(f"task {task.index}: export: deployed.onnx{' + deployed.int8.onnx' if self.int8 else ''}, "
+                    "checked against deployed.ccl, latency in ONNX Runtime ...")
             report["onnx"] = _export(model, ctx, self.int8, config.budget, limit, self.strict)
+            ctx.log(f"task {task.index}: export done in {time.perf_counter() - t0:.1f} s")
             if config.budget.latency_ms and report["onnx"]["latency_ms"] > config.budget.latency_ms:
                 b = config.budget
                 raise CompactCLError(f"task {task.index}: deployed latency {report['onnx']['latency_ms']:.3f} ms "
@@ -228,6 +237,19 @@ def _drop_grid_(model: nn.Module) -> None:
 
     for m in model.modules():
         set_weight_quant(m, None)
+
+
+def _doing(kind: str, step: Any) -> str:
+    """What a step is about to do, in words, for the run's log."""
+    if kind == "distill":
+        return f"distill into {step.student} ({step.epochs} epochs)"
+    if kind == "prune":
+        ratio = "ratio search" if step.ratio == "auto" else f"ratio {step.ratio}"
+        return f"prune {step.method}, {ratio}, fine-tune {step.finetune_epochs} epochs"
+    if kind == "quantize":
+        bits = "bit search" if step.bits == "auto" else f"{step.bits}-bit"
+        return f"quantize {step.method}, {bits}" + (f", QAT {step.qat_epochs} epochs" if step.qat_epochs else "")
+    return "measure"
 
 
 def _describe(kind: str, step: Any, grid: Any) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from torch import nn
 
@@ -30,6 +30,10 @@ from ..data.stream import Task
 from ..models.checkpoint import save_checkpoint
 
 __all__ = ["DeployContext", "Deployed", "Deployer", "IdentityDeployer"]
+
+
+def _silent(_line: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class DeployContext:
     device: str  # the run's device: training steps run there; ONNX export and latency on the CPU
     seed: int  # the recipe's seed
     learner: str = ""  # its name, for messages
+    log: Callable[[str], None] = _silent  # one line per long step (the run's log; silent by default)
 
     def seen_val(self) -> TensorData:
         return TensorData.cat([t.val for t in self.seen])

@@ -332,19 +332,22 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             if tb is not None:
                 state.hooks = TrainHooks(end_epoch=lambda _m, epoch, loss, t=task.index: tb.log_epoch(t, epoch, loss))
             t0 = time.perf_counter()
+            log(f"task {task.index} (of {len(stream)}): {learner.name} learns classes {task.classes} ...")
             if task.index == 0 and recipe.model.first_task_from:
                 given = given_first if given_first is not None else first_task_model(recipe, stream)
                 state = learner.adopt_task(state, task, given.to(device))
             else:
                 state = learner.fit_task(state, task)
             seconds = time.perf_counter() - t0
+            log(f"task {task.index}: trained in {seconds:.1f} s")
             task_dir = out / "tasks" / f"{task.index:02d}"
             meta = {"stream": meta_stream, "task": task.index, "labels": state.seen_labels,
                     "classes": [stream.class_order[i] for i in state.seen_labels], "recipe": recipe.name}
             working_bytes = save_checkpoint(state.model, task_dir / "working.safetensors", meta)
             ctx = DeployContext(task=task, seen=stream.tasks[: task.index + 1], memory=state.memory,
                                 kept=learner.kept_data(state), meta=meta, input_shape=input_shape,
-                                task_dir=task_dir, device=device, seed=recipe.seed, learner=learner.name)
+                                task_dir=task_dir, device=device, seed=recipe.seed, learner=learner.name,
+                                log=log)
             t1 = time.perf_counter()
             # The deployer's random draws (student init, calibration picks) stay out of the
             # learner's stream: adding a compress section must not change the working model.
@@ -425,4 +428,6 @@ def _bar(total: int, initial: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="tasks", unit="task")
+    from ..utils.console import on_terminal
+
+    return tqdm(total=total, initial=initial, desc="tasks", unit="task", disable=not on_terminal())
