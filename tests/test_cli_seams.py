@@ -16,7 +16,7 @@ from compactcl.cli.common import DefaultsHelpFormatter, dequantize_
 from compactcl.cli.main import build_parser, main
 
 # a tiny compressed run: one distill and one quantize step per task (the lines under test)
-TINY = ["--set", "data.tasks=2", "--set", "data.classes_per_task=2", "--set", "learner.epochs=1",
+TINY = ["--set", "data.tasks=2", "--set", "data.classes_per_task=2", "--set", "data.all_classes=false", "--set", "learner.epochs=1",
         "--set", "model.options.width=4", "--set", "learner.name=icarl", "--set", "compress.budget={bytes: 1000000}",
         "--set", "compress.steps=[{distill: {student: cnn, options: {width: 4}, epochs: 1}}, "
                  "{quantize: {method: linear, bits: 8, qat_epochs: 0}}]"]
