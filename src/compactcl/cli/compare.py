@@ -1,8 +1,11 @@
-"""`compactcl compare [RECIPE] --learners a,b --seeds 0,1,2`: the same stream, several learners, one table."""
+"""`compactcl compare [RECIPE] --learners a,b --seeds 0,1,2 [--budgets B1,B2,...]`: the same stream, several
+learners, one table; with ``--budgets``, each learner at each total byte budget (model + exemplars, MEMO's
+rule; see :mod:`compactcl.pipeline.budget`) and the area under each accuracy-vs-bytes curve."""
 
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 
 from ..errors import CompactCLError
@@ -18,6 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--out", default=None, help="folder for the runs and compare.json (default runs/compare-<recipe>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--budgets", default=None,
+                   help="comma-separated TOTAL byte budgets (model + exemplars), e.g. 60000,90000 or 60k,1.5M: "
+                        "each buys the learner's fp32 model after the last task first, the rest in exemplars")
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -37,6 +43,8 @@ def run(args) -> int:
     if not learners or not seeds:
         raise CompactCLError("--learners and --seeds each need at least one value, e.g. --learners icarl --seeds 0")
     _check_compare_out(out)
+    if args.budgets is not None:
+        return _run_budgets(args, base.name, out, learners, seeds)
     rows = []
     for name in learners:
         per_seed = []
@@ -77,3 +85,55 @@ def _check_compare_out(out: Path) -> None:
         if entries and not (out / "compare.json").is_file() and not any(is_run_folder(p) for p in entries if p.is_dir()):
             raise CompactCLError(f"--out {out} is not empty and holds no compare.json or compactcl run folders; "
                                  "compactcl leaves your files untouched: choose a new or empty folder")
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``"60000,90k,1.5M"`` -> ``[60000, 90000, 1500000]`` (k = 1000, M = 1000000)."""
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        scale = {"k": 1_000, "K": 1_000, "M": 1_000_000}.get(item[-1], 1)
+        try:
+            value = float(item[:-1] if scale > 1 else item) * scale
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value != value or value > 1e15:
+            raise CompactCLError(f"--budgets {text!r}: {item!r} is not a positive byte count; "
+                                 "give e.g. --budgets 60000,90k,1.5M")
+        out.append(int(value))
+    if not out:
+        raise CompactCLError("--budgets needs at least one total byte budget, e.g. --budgets 60k,90k")
+    return out
+
+
+def _run_budgets(args, name: str, out: Path, learners: list[str], seeds: list[int]) -> int:
+    from ..pipeline.budget import run_budget_curve
+    from ..report.curve import write_budget_plot
+
+    budgets = parse_budgets(args.budgets)
+    log = (lambda s: print(s, file=sys.stderr)) if not args.json else (lambda s: None)
+    doc = run_budget_curve(args.recipe, list(args.overrides), learners, budgets, seeds, out, resume=args.resume,
+                           log=log)
+    doc["plot"] = str(write_budget_plot(doc, out / "compare.png")) if any(p["fits"] for p in doc["points"]) else None
+    atomic_write_json(out / "compare.json", doc)
+    emit(args, doc, budget_table(doc) + f"\n\nseeds {seeds}; runs, compare.json and compare.png in {out}")
+    return 0
+
+
+def budget_table(doc: dict) -> str:
+    """One row per (learner, budget); then one row per learner with its AUC."""
+    def pm(d: dict | None) -> str:
+        return f"{d['mean']:.4f} ± {d['std']:.4f}" if d else "-"
+
+    rows = [{"learner": p["learner"], "total bytes": p["budget"], "model bytes": p["model_bytes"],
+             "exemplar bytes": p["exemplar_bytes"] if p["fits"] else "-", "exemplars": p.get("exemplars", "-"),
+             "average acc": pm(p.get("average_accuracy")) if p["fits"] else "model does not fit",
+             "last acc": pm(p.get("last_accuracy"))} for p in doc["points"]]
+    aucs = [{"learner": n, "AUC average": a["average_accuracy"] if a["average_accuracy"] is not None else "-",
+             "AUC last": a["last_accuracy"] if a["last_accuracy"] is not None else "-",
+             "over budgets": ",".join(map(str, a["budgets"])) + ("" if a["all_budgets"] else " (not all fit)")}
+            for n, a in doc["auc"].items()]
+    return (format_table(rows) + "\n\n" + format_table(aucs)
+            + "\n\nAUC: trapezoid over the budgets, divided by the budget range (a mean accuracy); "
+              "accuracy of the fp32 working model")

@@ -1,0 +1,78 @@
+"""`compactcl compare --budgets`: learners at equal total bytes (MEMO's rule), the AUC of the curve."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compactcl.cli.compare import parse_budgets
+from compactcl.cli.main import main
+from compactcl.pipeline.budget import curve_auc, final_model_bytes, split_budget
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_auc_is_the_trapezoid_area_over_the_budget_range():
+    # hand: (200-100)*(0.5+0.7)/2 + (400-200)*(0.7+0.8)/2 = 60 + 150 = 210, over 300 -> 0.7
+    assert curve_auc([400, 100, 200], [0.8, 0.5, 0.7]) == pytest.approx(0.7, abs=1e-12)
+    assert curve_auc([100, 300], [0.4, 0.4]) == pytest.approx(0.4, abs=1e-12)  # flat curve: its accuracy
+    assert curve_auc([500], [0.3]) == 0.3
+    with pytest.raises(ValueError):
+        curve_auc([100, 200], [0.5])
+
+
+def test_the_budget_buys_the_model_first_and_the_rest_in_exemplars():
+    assert split_budget("der", 10_000, 9_008) == type(split_budget("der", 1, 1))("der", 10_000, 9_008, 992, True)
+    s = split_budget("der", 9_000, 9_008)
+    assert not s.fits and s.exemplar_bytes == 0
+    assert parse_budgets("60000, 90k,1.5M") == [60_000, 90_000, 1_500_000]
+
+
+def test_a_growing_learner_pays_for_every_branch_it_will_have():
+    from compactcl.models import create_backbone
+
+    tiny, sets = str(DATA / "tiny.yaml"), ["data.tasks=3"]  # 3 tasks x 2 digits, 8x8, cnn width 4
+    b = create_backbone("cnn", 1, 8, width=4)
+    p, d = sum(t.numel() for t in b.parameters()), b.out_dim
+    assert final_model_bytes(tiny, sets, "icarl") == 4 * (p + d * 6 + 6)  # one backbone + a 6-class head
+    assert final_model_bytes(tiny, sets, "der") == 4 * (3 * p + 3 * d * 6 + 6)  # 3 branches, head over all
+    # MEMO shares the shallow blocks: more than one backbone, less than DER
+    assert 4 * (p + d * 6 + 6) < final_model_bytes(tiny, sets, "memo") < 4 * (3 * p + 3 * d * 6 + 6)
+
+
+def test_compare_budgets_runs_each_learner_that_fits_and_keeps_within_the_budget(tmp_path, capsys, monkeypatch):
+    from compactcl.report import html
+
+    monkeypatch.setattr(html, "write_report", lambda out: None)  # the report is tested on its own; it is slow
+    out = tmp_path / "curve"
+    args = ["compare", str(DATA / "tiny.yaml"), "--learners", "icarl,der", "--budgets", "7000,20k", "--seeds", "0",
+            "--out", str(out), "--set", "data.tasks=2", "--json"]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == json.loads((out / "compare.json").read_text())
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pts = {(p["learner"], p["budget"]): p for p in doc["points"]}
+    assert not pts["der", 7000]["fits"] and "average_accuracy" not in pts["der", 7000]  # DER's 2 branches > 7000 B
+    assert not (out / "der-7000B-seed0").exists()
+    for key in (("icarl", 7000), ("icarl", 20000), ("der", 20000)):
+        p = pts[key]
+        run = json.loads((out / f"{key[0]}-{key[1]}B-seed0" / "metrics.json").read_text())
+        assert run["recipe"]["memory"]["bytes"] == key[1] - p["model_bytes"]
+        # the model bytes predicted before the run are the ones the run measured; the total stays in budget
+        assert run["tasks"][-1]["bytes"]["fp32"] == p["model_bytes"] == p["measured_model_bytes"]
+        assert p["measured_total_bytes"] <= key[1]
+        assert p["last_accuracy"]["mean"] == run["summary"]["working"]["final_accuracy"]
+        assert p["last_accuracy"]["std"] == 0.0  # one seed
+    # more bytes, more exemplars for the same model
+    assert pts["icarl", 20000]["exemplars"] > pts["icarl", 7000]["exemplars"]
+    assert doc["auc"]["der"]["budgets"] == [20000] and not doc["auc"]["der"]["all_budgets"]
+    assert doc["auc"]["der"]["average_accuracy"] == pts["der", 20000]["average_accuracy"]["mean"]
+    ia = [pts["icarl", b]["average_accuracy"]["mean"] for b in (7000, 20000)]
+    assert doc["auc"]["icarl"]["average_accuracy"] == pytest.approx(sum(ia) / 2, abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "abc", ",", "1e99"])
+def test_bad_budgets_are_refused_with_the_fix(tmp_path, capsys, bad):
+    assert main(["compare", str(DATA / "tiny.yaml"), "--budgets", bad, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "--budgets" in err and "Traceback" not in err
