@@ -42,11 +42,14 @@ def test_report_command_rebuilds_from_metrics(tmp_path, capsys):
     assert text.count("data:image/png;base64,") == 2  # both figures drawn
     assert ("<tr><td>working</td><td>0.8123</td><td>0.7891</td><td>0.1357</td><td>-0.0246</td></tr>"
             "<tr><td>deployed</td><td>0.8500</td><td>0.7000</td><td>0.2000</td><td>-0.2000</td></tr>") in text
-    # per task: mean working / deployed accuracy over the tasks seen, then params, FLOPs, bytes, budget, seconds
+    # per task: mean working / deployed accuracy over the tasks seen, params, FLOPs, bytes, budget, then
+    # bits, update bytes, ONNX bytes / agreement / ms (none recorded here), seconds, deploy seconds, warnings
     assert ("<tr><td>0</td><td>3,1</td><td>0.9000</td><td>0.8000</td><td>1,000</td><td>5,000</td><td>4,000</td>"
-            "<td>400</td><td>500</td><td>1.0</td></tr>") in text
+            "<td>400</td><td>500</td><td>-</td><td>0</td><td>-</td><td>-</td><td>-</td><td>1.0</td><td>0.0</td>"
+            "<td>0</td></tr>") in text
     assert ("<tr><td>1</td><td>0,2</td><td>0.8000</td><td>0.7000</td><td>1,100</td><td>98,765</td><td>4,400</td>"
-            "<td>4,321</td><td>500</td><td>1.5</td></tr>") in text
+            "<td>4,321</td><td>500</td><td>-</td><td>0</td><td>-</td><td>-</td><td>-</td><td>1.5</td><td>0.0</td>"
+            "<td>0</td></tr>") in text
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 

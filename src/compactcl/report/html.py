@@ -122,16 +122,34 @@ def _confusion(doc: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"<th>test images</th></tr>{cells}</table>")
 
 
+def _bits(deploy: dict[str, Any]) -> str:
+    """The quantize step's bits: one width, or the range of a per-layer choice."""
+    for step in deploy.get("steps", []):
+        bits = step.get("quantize", {}).get("bits")
+        if isinstance(bits, dict) and bits:
+            lo, hi = min(bits.values()), max(bits.values())
+            return f"{lo}" if lo == hi else f"{lo}-{hi} ({len(bits)} layers)"
+        if bits is not None:
+            return str(bits)
+    return "-"
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ["task", "classes", "acc working", "acc deployed", "params", "FLOPs", "fp32 bytes", "deployed bytes",
-            "budget", "seconds"]
+            "budget", "bits", "update bytes", "ONNX bytes", "ONNX agreement", "ONNX ms", "seconds", "deploy s",
+            "warnings"]
     body = []
     for r in rows:
-        budget = r.get("deploy", {}).get("budget_bytes")
+        deploy = r.get("deploy", {})
+        budget, onnx = deploy.get("budget_bytes"), deploy.get("onnx", {})
         cells = [r["index"], ",".join(map(str, r["classes"])), f"{np.mean(r['accuracy']['working']):.4f}",
                  f"{np.mean(r['accuracy']['deployed']):.4f}", f"{r['params']:,}", f"{r['flops']:,}",
                  f"{r['bytes']['fp32']:,}", f"{r['bytes']['deployed']:,}", f"{budget:,}" if budget else "-",
-                 f"{r['seconds']:.1f}"]
+                 _bits(deploy), f"{r['bytes'].get('update', 0):,}",
+                 f"{onnx['bytes']:,}" if "bytes" in onnx else "-",
+                 f"{onnx['agreement']:.4f}" if "agreement" in onnx else "-",
+                 f"{onnx['latency_ms']:.3f}" if isinstance(onnx.get("latency_ms"), float) else "-",
+                 f"{r['seconds']:.1f}", f"{r.get('deploy_seconds', 0.0):.1f}", len(deploy.get("warnings", []))]
         body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>")
 
@@ -158,8 +176,8 @@ def build_report(doc: dict[str, Any], baselines: dict[str, list[float]] | None =
     title = html.escape(f"compactcl run: {doc['recipe'].get('name', '')}")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}
 th{{background:#f3f3f3}}img{{max-width:100%}}.note{{color:#555}}.warn{{color:#a40000}}</style></head><body>
 <h1>{title}</h1>
 <p class="note">schema {html.escape(doc.get('schema', ''))}; status {html.escape(doc.get('status', ''))};
