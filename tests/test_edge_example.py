@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from compactcl.compress.quantize import config_for, quantize_
 from compactcl.export.compressed import deploy_metadata, export_compressed_onnx
-from compactcl.models import IncrementalNet
+from deployable import quantized_cnn
 
 pytest.importorskip("onnxruntime")
 Image = pytest.importorskip("PIL.Image")
@@ -22,13 +21,7 @@ NO_TORCH = ("import sys, runpy; sys.modules['torch'] = None\n"
 
 
 def test_edge_example_without_torch_matches_compactcl(tmp_path):
-    torch.manual_seed(0)
-    net = IncrementalNet("cnn", 1, 8, 4, backbone_kwargs={"width": 8}).eval()
-    with torch.no_grad():  # an untrained head says one class for everything: spread its logits
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                m.weight.mul_(4.0)
-    quantize_(net, config_for("kmeans", 3))
+    net = quantized_cnn(4)
     names = ["zero", "one", "two", "three", "four", "five"]
     meta = {"stream": {"class_names": names, "normalization": {"mean": 0.25, "std": 0.3}}, "task": 1,
             "classes": [5, 2, 0, 3], "recipe": "t"}

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from compactcl.cli.main import main
-from compactcl.compress.quantize import config_for, quantize_
 from compactcl.export.artifact import save_artifact
 from compactcl.export.compressed import deploy_metadata, describe, export_compressed_onnx
 from compactcl.export.predict import Predictor
 from compactcl.models import IncrementalNet
+from deployable import quantized_cnn
 
 pytest.importorskip("onnxruntime")
 Image = pytest.importorskip("PIL.Image")
@@ -25,13 +25,7 @@ CLASSES = [5, 2, 0, 3]  # dataset class ids in output order
 def deployed(tmp_path_factory):
     """(folder, net, images uint8 (N, 8, 8)): deployed.onnx + deployed.ccl of one quantized net, and PNGs."""
     d = tmp_path_factory.mktemp("predict")
-    torch.manual_seed(0)
-    net = IncrementalNet("cnn", 1, 8, 4, backbone_kwargs={"width": 8}).eval()
-    with torch.no_grad():  # an untrained head says one class for everything: spread its logits
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                m.weight.mul_(4.0)
-    quantize_(net, config_for("kmeans", 3))
+    net = quantized_cnn(4)
     meta = {"stream": {"class_names": NAMES, "normalization": {"mean": 0.25, "std": 0.3}}, "task": 1,
             "classes": CLASSES, "recipe": "t"}
     desc = describe(meta, (1, 8, 8))

@@ -22,7 +22,7 @@ from ..data.memory import ExemplarMemory
 from ..data.stream import Task
 from ..engine.loop import LossFn, TrainConfig, TrainHooks, train
 from ..errors import CompactCLError
-from ..models.external import from_module
+from ..models.external import from_module, is_external_name
 from ..models.net import IncrementalNet
 from ..models.protocol import IncrementalModel
 
@@ -122,10 +122,16 @@ class Learner:
         self.options = options if options is not None else self.Options(name=self.name)
 
     # ------------------------------------------------------------------------------ the model
+    # why this learner needs a built-in backbone (it copies or splits it); None: any model will do
+    builtin_backbone_reason: ClassVar[str | None] = None
+
     @classmethod
     def check_backbone(cls, backbone: str) -> None:
         """Raise ``ValueError`` (with the fix) for a backbone this learner cannot grow; recipes are
         checked with it before anything runs."""
+        if cls.builtin_backbone_reason and is_external_name(backbone):
+            raise ValueError(f"learner {cls.name!r} {cls.builtin_backbone_reason} and needs a built-in backbone "
+                             f"(got {backbone!r}); use icarl/replay/lwf/wa with an external model")
 
     @classmethod
     def build_model(cls, backbone: str, in_channels: int, input_size: int, options: dict[str, Any]) -> nn.Module:

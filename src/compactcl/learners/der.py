@@ -11,7 +11,6 @@ from torch import nn
 
 from ..data.stream import Task
 from ..engine.loop import LossFn
-from ..models.external import is_external_name
 from ..models.net import DERNet
 from .base import Learner, LearnerOptions, LearnerState, register_learner
 
@@ -42,12 +41,7 @@ class DER(Learner):
     Options = DEROptions
     network = DERNet
     uses_memory = True
-
-    @classmethod
-    def check_backbone(cls, backbone: str) -> None:
-        if is_external_name(backbone):
-            raise ValueError("learner 'der' grows backbone branches and needs a built-in backbone "
-                             f"(got {backbone!r}); use icarl/replay/lwf with an external model")
+    builtin_backbone_reason = "grows backbone branches"
 
     def fit_task(self, state: LearnerState, task: Task) -> LearnerState:
         n_old = len(state.seen_labels)

@@ -27,7 +27,6 @@ from ..data.datasets import TensorData
 from ..data.stream import Task
 from ..engine.loop import LossFn
 from ..engine.losses import ce_loss, old_class_kd
-from ..models.external import is_external_name
 from ..models.net import DERNet, IncrementalNet
 from .base import DistillOptions, Learner, LearnerState, register_learner
 
@@ -106,12 +105,7 @@ class FOSTER(Learner):
     Options = FOSTEROptions
     uses_memory = True
     distills = True
-
-    @classmethod
-    def check_backbone(cls, backbone: str) -> None:
-        if is_external_name(backbone):
-            raise ValueError("learner 'foster' boosts with a second copy of a built-in backbone "
-                             f"(got {backbone!r}); use icarl/replay/lwf/wa with an external model")
+    builtin_backbone_reason = "boosts with a second copy of its backbone"
 
     def fit_task(self, state: LearnerState, task: Task) -> LearnerState:
         n_old = len(state.seen_labels)

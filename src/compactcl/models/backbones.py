@@ -136,28 +136,34 @@ class BasicBlock(nn.Module):
         return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """He et al.'s CIFAR ResNet (6n+2 layers, widths 16/32/64) with 1x1-conv shortcuts."""
+class _BasicResNet(nn.Module):
+    """A 3x3 stem, then stages of ``blocks`` basic blocks at ``widths`` (stride 2 entering every stage
+    but the first), global average pooling. The ResNets below differ only in these two numbers."""
 
-    def __init__(self, in_channels: int, input_size: int, depth: int = 20, width: int = 16):
+    def __init__(self, in_channels: int, widths: list[int], blocks: int):
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56...), got {depth}")
-        n = (depth - 2) // 6
-        widths = [width, 2 * width, 4 * width]
         self.stem = _conv_bn(in_channels, widths[0])
-        blocks: list[nn.Module] = []
+        layers: list[nn.Module] = []
         cin = widths[0]
         for stage, cout in enumerate(widths):
-            for i in range(n):
-                blocks.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1))
+            for i in range(blocks):
+                layers.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1))
                 cin = cout
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.out_dim = cin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.blocks(self.stem(x)))
+
+
+class CifarResNet(_BasicResNet):
+    """He et al.'s CIFAR ResNet (6n+2 layers, widths 16/32/64) with 1x1-conv shortcuts."""
+
+    def __init__(self, in_channels: int, input_size: int, depth: int = 20, width: int = 16):
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56...), got {depth}")
+        super().__init__(in_channels, [width, 2 * width, 4 * width], (depth - 2) // 6)
 
 
 @register_backbone("resnet20")
@@ -170,7 +176,7 @@ def resnet32(in_channels: int, input_size: int, width: int = 16) -> nn.Module:
     return CifarResNet(in_channels, input_size, 32, width)
 
 
-class ResNet18(nn.Module):
+class ResNet18(_BasicResNet):
     """ResNet-18 for 32x32 images (the CIFAR stem: one 3x3 stride-1 conv, no max pool), as in Mammoth.
 
     Four stages of two basic blocks, widths ``width`` x 1/2/4/8 (64: 11.2M parameters), 1x1-conv
@@ -178,21 +184,7 @@ class ResNet18(nn.Module):
     """
 
     def __init__(self, in_channels: int, input_size: int, width: int = 64):
-        super().__init__()
-        widths = [width, 2 * width, 4 * width, 8 * width]
-        self.stem = _conv_bn(in_channels, widths[0])
-        blocks: list[nn.Module] = []
-        cin = widths[0]
-        for stage, cout in enumerate(widths):
-            for i in range(2):
-                blocks.append(BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1))
-                cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.out_dim = cin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.blocks(self.stem(x)))
+        super().__init__(in_channels, [width, 2 * width, 4 * width, 8 * width], 2)
 
 
 @register_backbone("resnet18")
