@@ -19,7 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated ratios to try per layer")
     p.add_argument("--importance", default="l1", help="importance score used to pick the weights (l1, l2)")
     p.add_argument("--target", type=float, default=None,
-                   help="also derive per-layer ratios reaching this overall sparsity (e.g. 0.8)")
+                   help="also derive per-layer ratios reaching this overall sparsity (e.g. 0.8); "
+                        "`compactcl prune MODEL --ratios OUT` applies them")
     add_json_flag(p)
     p.set_defaults(func=run)
     return p
