@@ -23,7 +23,7 @@ def test_run_json_prints_summary_and_writes_run_folder(tmp_path, capsys):
     assert t["bytes"]["fp32"] == 4 * t["params"]
     assert t["bytes"]["deployed"] == (out / "tasks" / "01" / "deployed.safetensors").stat().st_size
     assert doc["summary"]["working"]["final_accuracy"] == pytest.approx(sum(t["accuracy"]["working"]) / 2)
-    model = load(out)  # a run folder means its final working model
+    model = load(out, model="working")  # a run folder: its final working model on request
     assert model.num_classes == 4
     assert not list(out.rglob("*.tmp"))
 

@@ -37,10 +37,11 @@ def test_structured_prune_cli_shrinks_and_keeps_accuracy(checkpoint, tmp_path, c
     fig = _run_json(capsys, ["prune", str(checkpoint), "--method", "structured", "--ratio", "0.3",
                              "--finetune-epochs", "2", "--out", str(out), "--json"])
     for key in ("accuracy", "baseline_accuracy", "params", "baseline_params", "flops", "baseline_flops",
-                "bytes", "baseline_bytes"):
+                "bytes", "baseline_file_bytes", "fp32_bytes", "baseline_bytes"):
         assert key in fig
     assert fig["flops"] <= 0.6 * fig["baseline_flops"]
-    assert fig["bytes"] < 0.7 * fig["baseline_bytes"] and fig["bytes"] == out.stat().st_size
+    assert fig["bytes"] < 0.7 * fig["baseline_file_bytes"] and fig["bytes"] == out.stat().st_size
+    assert fig["fp32_bytes"] == 4 * fig["params"] < 0.7 * fig["baseline_bytes"] == 0.7 * 4 * fig["baseline_params"]
     assert fig["accuracy"] >= fig["baseline_accuracy"] - 0.03
     assert load_checkpoint(out).num_classes == 10
     # the pruned file keeps the stream meta, so it can be pruned or measured again
@@ -88,7 +89,7 @@ def test_ccl_output_is_a_packed_sparse_artifact(checkpoint, tmp_path, capsys):
     code = main(["prune", str(checkpoint), "--ratio", "0.9", "--finetune-epochs", "0", "--out", str(out), "--json"])
     assert code == 0
     fig = json.loads(capsys.readouterr().out)
-    assert fig["bytes"] == out.stat().st_size < 0.5 * fig["baseline_bytes"]
+    assert fig["bytes"] == out.stat().st_size < 0.5 * fig["baseline_file_bytes"]
 
 
 def test_run_is_importable_without_heavy_modules():

@@ -31,13 +31,18 @@ def test_the_readme_from_python_example_runs_and_writes_a_cli_run_folder(tmp_pat
     (tmp_path / "my_models.py").write_text(factory_module)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    exec(compile(script, "README From Python", "exec"), {"__name__": "readme"})
+    namespace = {"__name__": "readme"}
+    exec(compile(script, "README From Python", "exec"), namespace)
     final_accuracy, deployed_bytes = map(float, capsys.readouterr().out.split()[-2:])
     assert final_accuracy > 0.8 and deployed_bytes <= 4000  # measured 0.89 in 2,700 bytes (5 epochs a task)
     run = tmp_path / "runs" / "my-run"
     # the same recipe through the CLI (its own data and model): the same run folder layout
     doc = compactcl.load(run / "final" / "deployed.ccl")  # the deployed file loads back
     assert doc.num_classes == 10
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():  # the README's two loads are the run's two final models
+        assert torch.equal(namespace["deployed"](x), doc(x))
+        assert torch.equal(namespace["working"](x), compactcl.load(run / "final" / "working.safetensors")(x))
     cli = tmp_path / "cli"
     assert main(["run", "--no-progress", "--out", str(cli), "--set", "data.tasks=5", "--set", "learner={name: icarl, epochs: 1}",
                  "--set", "model.options.width=4", "--set", "export.onnx=false", "--set", "compress.budget={bytes: 8000}",

@@ -44,10 +44,10 @@ def test_report_command_rebuilds_from_metrics(tmp_path, capsys):
             "<tr><td>deployed</td><td>0.8500</td><td>0.7000</td><td>0.2000</td><td>-0.2000</td></tr>") in text
     # per task: mean working / deployed accuracy over the tasks seen, params, FLOPs, bytes, budget, then
     # bits, update bytes, ONNX bytes / agreement / ms (none recorded here), seconds, deploy seconds, warnings
-    assert ("<tr><td>0</td><td>3,1</td><td>0.9000</td><td>0.8000</td><td>1,000</td><td>5,000</td><td>4,000</td>"
+    assert ("<tr><td>0</td><td>3, 1</td><td>0.9000</td><td>0.8000</td><td>1,000</td><td>5,000</td><td>4,000</td>"
             "<td>400</td><td>500</td><td>-</td><td>0</td><td>-</td><td>-</td><td>-</td><td>1.0</td><td>0.0</td>"
             "<td>0</td></tr>") in text
-    assert ("<tr><td>1</td><td>0,2</td><td>0.8000</td><td>0.7000</td><td>1,100</td><td>98,765</td><td>4,400</td>"
+    assert ("<tr><td>1</td><td>0, 2</td><td>0.8000</td><td>0.7000</td><td>1,100</td><td>98,765</td><td>4,400</td>"
             "<td>4,321</td><td>500</td><td>-</td><td>0</td><td>-</td><td>-</td><td>-</td><td>1.5</td><td>0.0</td>"
             "<td>0</td></tr>") in text
     assert main(["report", str(tmp_path / "nothing")]) == 2

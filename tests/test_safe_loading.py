@@ -101,7 +101,7 @@ def test_run_folder_with_a_pickle_as_its_final_model_is_refused(tmp_path):
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "working.safetensors").write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(CompactCLError, match="working.safetensors is not a readable safetensors file"):
-        compactcl.load(tmp_path / "run")
+        compactcl.load(tmp_path / "run", model="working")
     assert not marker.exists()
 
 

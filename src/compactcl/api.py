@@ -82,13 +82,14 @@ def _from_torch(data: Any) -> DatasetSplits:
     return from_arrays(xtr, ytr, xte, yte, name="dataset")
 
 
-def checkpoint_data(path: str | os.PathLike) -> dict[str, Any]:
-    """The data a saved model was trained for, restricted to the classes it knows.
+def checkpoint_data(path: str | os.PathLike, model: str = "deployed") -> dict[str, Any]:
+    """The data a saved model was trained for, restricted to the classes it knows (a run folder:
+    its final ``model``, deployed or working, as :func:`load` reads it).
 
     Returns ``{"train", "val", "test": TensorData, "input_shape": (C, H, W), "meta": ...}``,
     rebuilt from the stream recorded in the checkpoint's header (dataset, root, class order).
     """
-    path = resolve_model_path(path)
+    path = resolve_model_path(path, model)
     meta = read_header(path).get("meta", {})
     stream_meta = meta.get("stream") if isinstance(meta, dict) else None
     if not stream_meta:

@@ -15,8 +15,8 @@ from ..errors import CompactCLError
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
 MAX_METRICS_BYTES = 64 * 2**20  # a run's metrics.json is kilobytes
 
-__all__ = ["CLIParser", "add_json_flag", "add_model_choice", "dequantize_", "emit", "format_table", "model_path",
-           "read_metrics", "say", "MALFORMED"]
+__all__ = ["CLIParser", "add_json_flag", "add_model_choice", "baseline", "baseline_line", "dequantize_", "emit",
+           "format_table", "model_path", "read_metrics", "say", "MALFORMED"]
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -49,6 +49,7 @@ def say(args, line: str) -> None:
 
 
 def add_model_choice(parser) -> None:
+    # the choices of compactcl.load(RUN, model=...) (export.load.RUN_MODELS; not imported: --help stays light)
     parser.add_argument("--model", dest="which", choices=("deployed", "working"), default="deployed",
                         help="for a run folder: its final deployed model (final/deployed.ccl or .safetensors) or "
                              "its working model (final/working.safetensors, the learner's fp32 model)")
@@ -76,6 +77,20 @@ def dequantize_(args, model, path: Path):
             set_weight_quant(modules[name], None)
         say(args, f"{path.name} is quantized ({len(layers)} layers): dequantized to float weights first")
     return model
+
+
+def baseline(model_or_bytes) -> dict[str, Any]:
+    """The baseline size every model verb prints (JSON keys ``baseline_bytes``, ``baseline_bytes_kind``):
+    :func:`~compactcl.metrics.fp32_bytes` of the model (or that figure, as metrics.json records it)."""
+    from ..metrics.model_stats import FP32_BYTES_KIND, fp32_bytes
+
+    nbytes = model_or_bytes if isinstance(model_or_bytes, int) else fp32_bytes(model_or_bytes)
+    return {"baseline_bytes": nbytes, "baseline_bytes_kind": FP32_BYTES_KIND}
+
+
+def baseline_line(figures: dict[str, Any]) -> str:
+    """The table's line for :func:`baseline`'s figures."""
+    return f"baseline: {figures['baseline_bytes']:,} B ({figures['baseline_bytes_kind']})"
 
 
 def add_json_flag(parser) -> None:

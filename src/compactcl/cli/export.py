@@ -6,7 +6,7 @@ int8 graph loses more than 1 point of accuracy; int8 calibrates on training imag
 
 from __future__ import annotations
 
-from .common import add_json_flag, add_model_choice, emit, format_table, model_path, say
+from .common import add_json_flag, add_model_choice, baseline, baseline_line, emit, format_table, model_path, say
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..api import checkpoint_data, load
     from ..export.onnx import export_checked
-    from ..metrics.model_stats import fp32_bytes
 
     path = model_path(args)
     model = load(path)
@@ -34,12 +33,12 @@ def run(args) -> int:
               f"{'' if args.no_latency else ', measuring latency'} ...")
     res = export_checked(model, args.out, data["input_shape"], data["test"].x, data["test"].y, int8=args.int8,
                          calib_x=data["train"].x, latency=not args.no_latency)
-    figures = {"model_file": str(path), **res, "baseline_accuracy": res["torch_accuracy"], "baseline_bytes": fp32_bytes(model),
-               "baseline_bytes_kind": "fp32, 4 bytes per parameter"}
-    rows = [{"model": "pytorch", "test_accuracy": res["torch_accuracy"], "agreement": 1.0, "bytes": fp32_bytes(model)},
+    base = baseline(model)
+    figures = {"model_file": str(path), **res, "baseline_accuracy": res["torch_accuracy"], **base}
+    rows = [{"model": "pytorch", "test_accuracy": res["torch_accuracy"], "agreement": 1.0, "bytes": base["baseline_bytes"]},
             {"model": res["format"], "test_accuracy": res["accuracy"], "agreement": res["agreement"],
              "bytes": res["bytes"]}]
-    table = format_table(rows)
+    table = format_table(rows) + "\n\n" + baseline_line(base)
     if "latency_grid_ms" in res:
         table += "\n\nONNX Runtime latency (ms, median; t threads, b batch): " + ", ".join(
             f"{k} {v:.3f}" for k, v in res["latency_grid_ms"].items())

@@ -5,13 +5,14 @@ flags ``--per-tensor``/``--per-channel``/``--affine`` set the config options ``p
 ``symmetric`` and are refused for a method that does not take them.
 
 Accuracy is measured on the test split of the data the model was trained on (recorded in
-its header); QAT fine-tunes on the training split. ``baseline_bytes`` is the fp32 size,
-4 bytes a parameter.
+its header); QAT fine-tunes on the training split. ``baseline_bytes`` is the one baseline of every
+model verb: the fp32 size, 4 bytes a parameter (:func:`compactcl.metrics.fp32_bytes`).
 """
 
 from __future__ import annotations
 
-from .common import add_json_flag, add_model_choice, dequantize_, emit, format_table, model_path, say
+from .common import (add_json_flag, add_model_choice, baseline, baseline_line, dequantize_, emit, format_table,
+                     model_path, say)
 
 
 # flag -> (config option it sets, value); a method accepts the flag when the option is in its ``options``
@@ -65,7 +66,6 @@ def run(args) -> int:
     from ..errors import CompactCLError
     from ..export.artifact import save_artifact
     from ..engine.loop import accuracy
-    from ..metrics.model_stats import fp32_bytes
     from ..models.checkpoint import read_header
 
     if args.qat_epochs < 0:
@@ -77,7 +77,7 @@ def run(args) -> int:
               f"({args.method} {args.bits}-bit) and measuring test accuracy ...")
     data = checkpoint_data(path)
     baseline_acc = accuracy(model, data["test"])
-    baseline_bytes = fp32_bytes(model)
+    base = baseline(model)
     if args.qat_epochs:
         qat_(model, cfg, data["train"], QATConfig(epochs=args.qat_epochs, lr=args.qat_lr))
     else:
@@ -86,9 +86,10 @@ def run(args) -> int:
     nbytes = save_artifact(model, args.out, meta)
     acc = accuracy(model, data["test"])
     figures = {"model_file": str(path), "out": str(args.out), "method": args.method, "bits": args.bits, "qat_epochs": args.qat_epochs,
-               "accuracy": acc, "baseline_accuracy": baseline_acc, "bytes": nbytes, "baseline_bytes": baseline_bytes,
-               "baseline_bytes_kind": "fp32, 4 bytes per parameter", "size_ratio": nbytes / baseline_bytes}
-    table = format_table([{"model": "fp32", "test_accuracy": baseline_acc, "bytes": baseline_bytes},
+               "accuracy": acc, "baseline_accuracy": baseline_acc, "bytes": nbytes, **base,
+               "size_ratio": nbytes / base["baseline_bytes"]}
+    table = format_table([{"model": "fp32", "test_accuracy": baseline_acc, "bytes": base["baseline_bytes"]},
                           {"model": f"{args.method} {args.bits}-bit", "test_accuracy": acc, "bytes": nbytes}])
-    emit(args, figures, table + f"\n\nwrote {args.out} ({nbytes / baseline_bytes:.3f}x the fp32 size)")
+    emit(args, figures, table + f"\n\n{baseline_line(base)}\nwrote {args.out} "
+                                f"({nbytes / base['baseline_bytes']:.3f}x the baseline)")
     return 0

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..errors import CompactCLError
     from ..report.html import write_report
-    from .common import MALFORMED, emit, read_metrics
+    from .common import MALFORMED, baseline, baseline_line, emit, read_metrics
 
     baselines = {}
     for item in args.baseline:
@@ -26,11 +26,18 @@ def run(args) -> int:
             raise CompactCLError(f"--baseline {item!r}: expected NAME=RUN_DIR")
         doc = read_metrics(path, f"--baseline {name}")
         baselines[name] = [sum(t["accuracy"]["working"]) / len(t["accuracy"]["working"]) for t in doc["tasks"]]
-    read_metrics(args.run_dir, "RUN_DIR")
+    doc = read_metrics(args.run_dir, "RUN_DIR")
     try:
         path = write_report(args.run_dir, baselines)
     except MALFORMED as e:  # valid rows, but another field the report draws is missing or mistyped
         raise CompactCLError(f"report: {args.run_dir}/metrics.json is not a complete compactcl metrics file "
                              f"({type(e).__name__}: {str(e)[:100]})") from None
-    emit(args, {"report": str(path), "run_dir": str(args.run_dir), "baselines": sorted(baselines)}, str(path))
+    figures = {"report": str(path), "run_dir": str(args.run_dir), "baselines": sorted(baselines)}
+    sizes = doc["tasks"][-1].get("bytes")
+    fp32 = sizes.get("fp32") if isinstance(sizes, dict) else None
+    line = ""
+    if isinstance(fp32, int) and not isinstance(fp32, bool):  # bytes.fp32: the final working model's baseline
+        figures.update(baseline(fp32), baseline_model="final/working.safetensors")
+        line = f"\n{baseline_line(figures)} of final/working.safetensors"
+    emit(args, figures, str(path) + line)
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import CompactCLError
 from ..pipeline.folder import MARKER, RECIPE_FILE, is_run_folder
 from ..pipeline.recipe import load_recipe
+from ..utils.classes import class_names_text
 from .common import add_json_flag, emit, format_table
 
 
@@ -95,7 +96,7 @@ def summary_table(doc: dict) -> str:
     rows = []
     for t in doc["tasks"]:
         w, d = t["accuracy"]["working"], t["accuracy"]["deployed"]
-        rows.append({"task": t["index"], "classes": ",".join(map(str, t["classes"])),
+        rows.append({"task": t["index"], "classes": class_names_text(t["classes"], doc.get("class_names")),
                      "acc working": sum(w) / len(w), "acc deployed": sum(d) / len(d),
                      "params": t["params"], "flops": t["flops"], "fp32 bytes": t["bytes"]["fp32"],
                      "deployed bytes": t["bytes"]["deployed"], "seconds": t["seconds"]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_json_flag, add_model_choice, emit, format_table, model_path, say
+from .common import add_json_flag, add_model_choice, baseline, baseline_line, emit, format_table, model_path, say
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -19,7 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated ratios to try per layer")
     p.add_argument("--importance", default="l1", help="importance score used to pick the weights (l1, l2)")
     p.add_argument("--target", type=float, default=None,
-                   help="also derive per-layer ratios reaching this overall sparsity (e.g. 0.8)")
+                   help="also derive per-layer ratios reaching this overall sparsity (e.g. 0.8); "
+                        "`compactcl prune MODEL --ratios OUT` applies them")
     add_json_flag(p)
     p.set_defaults(func=run)
     return p
@@ -58,10 +59,14 @@ def run(args: argparse.Namespace) -> int:
     if layer_ratios is not None:
         sens.extra = {"target": args.target, "layer_ratios": layer_ratios}
     paths = save_sensitivity(sens, Path(args.out))
-    figures = {"model_file": str(src), **sens.to_json(), "files": {k: str(v) for k, v in paths.items()}}
+    base = baseline(model)
+    figures = {"model_file": str(src), **sens.to_json(), **base, "files": {k: str(v) for k, v in paths.items()}}
     rows = [{"layer": n, "params": sens.params[n], **{f"{r:.0%}": a for r, a in zip(sens.ratios, c)},
              **({"ratio": layer_ratios[n]} if layer_ratios else {})} for n, c in sens.curves.items()]
+    which = " --model working" if args.which == "working" and Path(args.model).is_dir() else ""
+    prune = f"{args.model}{which} --ratios {paths['json']}" + ("" if layer_ratios else " --ratio R (or --max-drop D)")
     table = (f"dense validation accuracy {sens.baseline:.4f}\n" + format_table(rows)
-             + f"\n\nwrote {paths['json']} and {paths['png']}")
+             + f"\n\n{baseline_line(base)}\nwrote {paths['json']} and {paths['png']}"
+             + f"\nprune by these curves: compactcl prune {prune} --out FILE")
     emit(args, figures, table)
     return 0

@@ -16,30 +16,44 @@ from ..models.checkpoint import load_checkpoint, read_header
 from .artifact import READABLE_FORMATS as ARTIFACT_FORMATS
 from .artifact import load_artifact
 
-__all__ = ["load", "resolve_model_path", "check_input"]
+__all__ = ["load", "resolve_model_path", "check_input", "RUN_MODELS"]
 
 
-def resolve_model_path(path: str | os.PathLike, which: str = "working") -> Path:
-    """A file stays itself; a run folder means its ``final/<which>`` model."""
+RUN_MODELS = ("deployed", "working")  # what a run folder's final/ holds, the default first
+
+
+def resolve_model_path(path: str | os.PathLike, model: str = "deployed") -> Path:
+    """A file stays itself; a run folder means its ``final/<model>`` model: ``"deployed"`` (the
+    default, as on the command line: ``final/deployed.ccl``, or ``final/deployed.safetensors`` for a
+    run without a ``compress:`` section) or ``"working"`` (``final/working.safetensors``, the
+    learner's fp32 model)."""
+    if model not in RUN_MODELS:
+        raise CompactCLError(f"model={model!r}: choose 'deployed' (the run's shipped model) or 'working' "
+                             "(the learner's fp32 model)")
     path = Path(path)
     if path.is_dir():
         final = path / "final"
-        for candidate in (final / f"{which}.safetensors", final / f"{which}.ccl"):
+        for candidate in (final / f"{model}.safetensors", final / f"{model}.ccl"):
             if candidate.is_file():
                 return candidate
-        raise CompactCLError(f"{path} is a folder without final/{which}.safetensors or final/{which}.ccl; "
+        raise CompactCLError(f"{path} is a folder without final/{model}.safetensors or final/{model}.ccl; "
                              "pass a run folder written by `compactcl run` or a model file")
     if not path.exists():
         raise CompactCLError(f"no such file or folder: {path}")
     return path
 
 
-def load(path: str | os.PathLike) -> nn.Module:
-    """Load a checkpoint (.safetensors), a packed artifact (.ccl) or a run folder's final working model.
+def load(path: str | os.PathLike, model: str = "deployed") -> nn.Module:
+    """Load a checkpoint (.safetensors), a packed artifact (.ccl) or a run folder's final model.
 
+    A run folder means its deployed model, as on the command line; ``model="working"`` picks the
+    learner's fp32 working model (``--model working``). ``model`` is not used for a file.
     Nothing is unpickled: weights come from safetensors, the architecture from a JSON header.
+
+    >>> compactcl.load("runs/demo")                   # runs/demo/final/deployed.ccl  # doctest: +SKIP
+    >>> compactcl.load("runs/demo", model="working")  # runs/demo/final/working.safetensors  # doctest: +SKIP
     """
-    path = resolve_model_path(path)
+    path = resolve_model_path(path, model)
     header = read_header(path)
     fmt = header.get("format")
     if fmt in CHECKPOINT_FORMATS:

@@ -30,10 +30,11 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any] |
 
 
 def model_figures(model: nn.Module, input_shape: tuple[int, ...], test: TensorData | None = None,
-                  fmt: str = ".safetensors") -> dict[str, Any]:
-    """accuracy (on ``test``), params, nonzeros, flops, and bytes of the model saved as ``fmt``."""
+                  fmt: str = ".safetensors", meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """accuracy (on ``test``), params, nonzeros, flops, and bytes of the model saved as ``fmt`` with
+    header ``meta`` (give the meta of the file it is compared with: the header is part of the bytes)."""
     with tempfile.TemporaryDirectory() as d:
-        nbytes = save_model(model, Path(d) / f"model{fmt}")
+        nbytes = save_model(model, Path(d) / f"model{fmt}", meta)
     return {"accuracy": accuracy(model, test) if test is not None else float("nan"),
             "params": count_params(model), "nonzeros": count_nonzero(model),
             "flops": count_flops(model, input_shape), "bytes": nbytes}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["count_params", "count_nonzero", "count_flops", "fp32_bytes"]
+__all__ = ["count_params", "count_nonzero", "count_flops", "fp32_bytes", "FP32_BYTES_KIND"]
+
+# what fp32_bytes counts, said wherever it is printed as the baseline size (the CLI verbs, metrics.json bytes.fp32)
+FP32_BYTES_KIND = "fp32 weights: 4 bytes per parameter, buffers not counted"
 
 
 def count_params(model: nn.Module) -> int:
@@ -17,7 +20,8 @@ def count_nonzero(model: nn.Module) -> int:
 
 
 def fp32_bytes(model: nn.Module) -> int:
-    """4 bytes a parameter: the size of the weights at full precision."""
+    """4 bytes a parameter: the size of the weights at full precision. The one baseline size of
+    compactcl: ``metrics.json``'s ``bytes.fp32`` and every CLI verb's ``baseline_bytes``."""
     return 4 * count_params(model)
 
 

@@ -41,6 +41,7 @@ from ..metrics.model_stats import count_flops, count_params, fp32_bytes
 from ..models.checkpoint import load_checkpoint, read_header, save_checkpoint
 from ..models.net import IncrementalNet
 from ..utils.atomic import atomic_write_bytes, atomic_write_json
+from ..utils.classes import class_names_text
 from ..utils import distributed as dist
 from .deploy import DeployContext, Deployer, IdentityDeployer
 from .folder import check_out, claim_run_folder, clean_stale_temps, record_changes, recorded_recipe
@@ -332,7 +333,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             if tb is not None:
                 state.hooks = TrainHooks(end_epoch=lambda _m, epoch, loss, t=task.index: tb.log_epoch(t, epoch, loss))
             t0 = time.perf_counter()
-            log(f"task {task.index} (of {len(stream)}): {learner.name} learns classes {task.classes} ...")
+            log(f"task {task.index} (of {len(stream)}): {learner.name} learns classes "
+                f"[{class_names_text(task.classes, stream.dataset.class_names)}] ...")
             if task.index == 0 and recipe.model.first_task_from:
                 given = given_first if given_first is not None else first_task_model(recipe, stream)
                 state = learner.adopt_task(state, task, given.to(device))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..utils.classes import class_name, class_names_text
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_text
 
@@ -87,8 +88,7 @@ def _curves(rows: list[dict[str, Any]], baselines: dict[str, list[float]]) -> st
 
 
 def _class_name(doc: dict[str, Any], class_id: int) -> str:
-    names = doc.get("class_names")
-    return str(names[class_id]) if isinstance(names, list) and 0 <= class_id < len(names) else str(class_id)
+    return class_name(class_id, doc.get("class_names"))
 
 
 def _confusion(doc: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -134,7 +134,8 @@ def _bits(deploy: dict[str, Any]) -> str:
     return "-"
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], class_names: Any) -> str:
+    """The per-task table; ``class_names``: metrics.json's, by dataset class id."""
     head = ["task", "classes", "acc working", "acc deployed", "params", "FLOPs", "fp32 bytes", "deployed bytes",
             "budget", "bits", "update bytes", "ONNX bytes", "ONNX agreement", "ONNX ms", "seconds", "deploy s",
             "warnings"]
@@ -142,7 +143,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         deploy = r.get("deploy", {})
         budget, onnx = deploy.get("budget_bytes"), deploy.get("onnx", {})
-        cells = [r["index"], ",".join(map(str, r["classes"])), f"{np.mean(r['accuracy']['working']):.4f}",
+        cells = [r["index"], class_names_text(r["classes"], class_names), f"{np.mean(r['accuracy']['working']):.4f}",
                  f"{np.mean(r['accuracy']['deployed']):.4f}", f"{r['params']:,}", f"{r['flops']:,}",
                  f"{r['bytes']['fp32']:,}", f"{r['bytes']['deployed']:,}", f"{budget:,}" if budget else "-",
                  _bits(deploy), f"{r['bytes'].get('update', 0):,}",
@@ -191,7 +192,7 @@ th{{background:#f3f3f3}}img{{max-width:100%}}.note{{color:#555}}.warn{{color:#a4
 <th>BWT</th></tr>{summary}</table>
 <h2>Accuracy and size per task</h2><img alt="accuracy and bytes per task" src="data:image/png;base64,{_curves(rows, baselines or {})}">
 <h2>Accuracy matrices</h2><p class="note">row i: after training task i; column j: accuracy on task j's test split</p><img alt="accuracy matrices" src="data:image/png;base64,{_heatmaps(rows)}">
-<h2>Per task</h2>{_table(rows)}
+<h2>Per task</h2>{_table(rows, doc.get("class_names"))}
 {_confusion(doc, rows)}
 <details><summary>Recipe</summary><pre>{html.escape(yaml.safe_dump(doc['recipe'], sort_keys=False))}</pre></details>
 </body></html>

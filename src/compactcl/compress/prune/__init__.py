@@ -13,7 +13,8 @@ from .api import (PRUNERS, L1Config, MagnitudeConfig, PruneData, PruneResult, Se
                   accumulate_grads, config_for, cross_entropy, finalize_, finetune_, list_methods, prune_,
                   register_pruner)
 from .importance import IMPORTANCES, get_importance, list_importances, register_importance, score
-from .sensitivity import Sensitivity, ratios_for_target, save_sensitivity, sensitivity_analysis
+from .sensitivity import (Sensitivity, ratios_for_target, ratios_within_drop, read_sensitivity, save_sensitivity,
+                          sensitivity_analysis)
 from .structured import channel_counts, prune_channels_
 from .unstructured import (agp_sparsity, apply_masks_, l1_penalty, layer_sparsity, magnitude_prune_, masks_of,
                            select_masks, sparsity_of, strip_masks_, with_l1)
@@ -21,7 +22,8 @@ from .unstructured import (agp_sparsity, apply_masks_, l1_penalty, layer_sparsit
 __all__ = ["PRUNERS", "L1Config", "MagnitudeConfig", "PruneData", "PruneResult", "SensitivityConfig",
            "StructuredConfig", "accumulate_grads", "config_for", "cross_entropy", "finalize_", "finetune_",
            "list_methods", "prune_", "register_pruner", "IMPORTANCES", "get_importance", "list_importances",
-           "register_importance", "score", "Sensitivity", "ratios_for_target", "save_sensitivity",
+           "register_importance", "score", "Sensitivity", "ratios_for_target", "ratios_within_drop",
+           "read_sensitivity", "save_sensitivity",
            "sensitivity_analysis", "channel_counts", "prune_channels_", "agp_sparsity", "apply_masks_",
            "l1_penalty", "layer_sparsity", "magnitude_prune_", "masks_of", "select_masks", "sparsity_of",
            "strip_masks_", "with_l1"]

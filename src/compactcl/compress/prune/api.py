@@ -23,10 +23,11 @@ from ...errors import CompactCLError
 from ...engine.losses import ce_loss
 from ...engine.loop import LossFn, TrainConfig, accuracy, train
 from .importance import IMPORTANCES
-from .sensitivity import DEFAULT_RATIOS, Sensitivity, ratios_for_target, sensitivity_analysis
+from .sensitivity import (DEFAULT_RATIOS, Sensitivity, check_layers, ratios_for_target, ratios_within_drop,
+                          sensitivity_analysis)
 from .structured import prune_channels_
-from .unstructured import (agp_sparsity, apply_masks_, layer_scores, magnitude_prune_, select_masks,
-                           strip_masks_, with_l1)
+from .unstructured import (agp_sparsity, apply_masks_, layer_scores, magnitude_prune_, prunable_layers,
+                           select_masks, strip_masks_, with_l1)
 
 __all__ = ["MagnitudeConfig", "L1Config", "SensitivityConfig", "StructuredConfig", "PruneData", "PruneResult",
            "PRUNERS", "register_pruner", "list_methods", "config_for", "prune_", "finetune_", "finalize_",
@@ -89,18 +90,23 @@ class L1Config:
 
 @dataclass
 class SensitivityConfig:
-    """Measure each layer's sensitivity, then prune per layer to an overall sparsity ``ratio``."""
+    """Measure each layer's sensitivity, then prune per layer to an overall sparsity ``ratio`` or,
+    with ``max_drop``, each layer as far as its own curve stays within that accuracy drop."""
 
     ratio: float = 0.8
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     importance: str = "l1"
     include_head: bool = True
     sensitivity: Sensitivity | None = None  # reuse a saved analysis instead of measuring again
+    max_drop: float | None = None  # per-layer accuracy drop (0.01 = one point); ``ratio`` is then not used
     version: int = 1
 
     def __post_init__(self) -> None:
         _ratio_ok(self.ratio, "sensitivity")
         _importance_ok(self.importance, "sensitivity")
+        if self.max_drop is not None and not 0.0 <= self.max_drop <= 1.0:
+            raise CompactCLError(f"sensitivity.max_drop must be an accuracy drop in [0, 1] (0.01 = one point), "
+                                 f"got {self.max_drop}")
 
 
 @dataclass
@@ -244,7 +250,9 @@ def _sensitivity(model: nn.Module, cfg: SensitivityConfig, data: PruneData) -> d
     if sens is None:
         val = data.need("val", "sensitivity")
         sens = sensitivity_analysis(model, lambda m: accuracy(m, val), cfg.ratios, cfg.importance, cfg.include_head)
-    ratios = ratios_for_target(sens, cfg.ratio)
+    else:
+        check_layers(sens, {n: m.weight.numel() for n, m in prunable_layers(model, cfg.include_head).items()})
+    ratios = ratios_for_target(sens, cfg.ratio) if cfg.max_drop is None else ratios_within_drop(sens, cfg.max_drop)
     scores = layer_scores(model, sens.importance, cfg.include_head, list(ratios))
     apply_masks_(model, select_masks(scores, ratios, "layer"))
     return {"layer_ratios": ratios, "sensitivity": sens.to_json()}

@@ -3,7 +3,10 @@
 For each prunable layer, magnitude-prune it alone at 0..90% and record validation accuracy;
 layers whose curve falls early are kept dense, flat ones are pruned hard.
 :func:`ratios_for_target` turns the curves into per-layer ratios that reach a global
-sparsity (pure math on the curves, tested without a model).
+sparsity and :func:`ratios_within_drop` into per-layer ratios that each stay within an accuracy
+drop (pure math on the curves, tested without a model); :func:`read_sensitivity` reads a saved
+analysis back (``sensitivity.json`` or ``compactcl sensitivity --json``'s output) for
+``compactcl prune --ratios FILE``.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from ...utils.atomic import atomic_path, atomic_write_bytes
 from .importance import get_importance
 from .unstructured import prunable_layers, select_masks
 
-__all__ = ["Sensitivity", "sensitivity_analysis", "ratios_for_target", "allowed_ratio", "plot_sensitivity",
-           "save_sensitivity", "DEFAULT_RATIOS"]
+__all__ = ["Sensitivity", "sensitivity_analysis", "ratios_for_target", "ratios_within_drop", "allowed_ratio",
+           "check_layers", "plot_sensitivity", "save_sensitivity", "read_sensitivity", "DEFAULT_RATIOS"]
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 2) for i in range(10))  # 0.0 .. 0.9
+MAX_SENSITIVITY_BYTES = 16 * 2**20  # a sensitivity.json is kilobytes; refuse to parse anything huge
 
 
 @dataclass
@@ -98,6 +102,23 @@ def allowed_ratio(ratios: list[float], accs: list[float], baseline: float, toler
     return best
 
 
+def ratios_within_drop(sens: Sensitivity, max_drop: float) -> dict[str, float]:
+    """Per-layer ratios: each layer pruned as far as its own curve stays within ``max_drop`` of the
+    dense accuracy (``0.01``: one point), never beyond the largest measured ratio."""
+    return {n: allowed_ratio(sens.ratios, c, sens.baseline, max_drop) for n, c in sens.curves.items()}
+
+
+def check_layers(sens: Sensitivity, weights: Mapping[str, int], source: str = "the sensitivity analysis") -> None:
+    """Raise unless ``sens`` was measured on a model with these prunable layers (name -> weights)."""
+    missing = sorted(set(sens.curves) - set(weights))
+    other = sorted(n for n in sens.curves if n in weights and sens.params.get(n) != weights[n])
+    if missing or other:
+        what = (f"layers {', '.join(missing[:5])} are not in the model" if missing
+                else f"layers {', '.join(other[:5])} have another number of weights than the model's")
+        raise CompactCLError(f"{source} was measured on another model: {what}; run `compactcl sensitivity` on "
+                             "this model and pass its sensitivity.json")
+
+
 def ratios_for_target(sens: Sensitivity, target: float, max_ratio: float | None = None,
                       iters: int = 60) -> dict[str, float]:
     """Per-layer ratios whose weighted mean is ``target`` (fraction of all prunable weights).
@@ -157,6 +178,51 @@ def plot_sensitivity(sens: Sensitivity, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def read_sensitivity(path: str | os.PathLike) -> Sensitivity:
+    """A saved analysis: ``sensitivity.json`` (or the folder holding it, ``compactcl sensitivity
+    --out DIR``) or the JSON ``compactcl sensitivity --json`` prints. Checked field by field: a
+    malformed file raises :class:`CompactCLError` naming what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "sensitivity.json"
+    fix = "pass the sensitivity.json `compactcl sensitivity MODEL --out DIR` writes (or its --json output)"
+    if not path.is_file():
+        raise CompactCLError(f"{path}: no such file; {fix}")
+    if path.stat().st_size > MAX_SENSITIVITY_BYTES:
+        raise CompactCLError(f"{path} is over {MAX_SENSITIVITY_BYTES >> 20} MiB: not a sensitivity analysis; {fix}")
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CompactCLError(f"{path} is not JSON ({type(e).__name__}); {fix}") from None
+
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    problem = None
+    if not isinstance(doc, dict) or not all(k in doc for k in ("baseline", "ratios", "curves", "params")):
+        problem = "it lacks baseline, ratios, curves or params"
+    elif not number(doc["baseline"]):
+        problem = "its baseline is not a number"
+    elif not (isinstance(doc["ratios"], list) and doc["ratios"] and all(number(r) and 0 <= r < 1 for r in doc["ratios"])
+              and doc["ratios"] == sorted(doc["ratios"])):
+        problem = "its ratios are not increasing numbers in [0, 1)"
+    elif not (isinstance(doc["curves"], dict) and doc["curves"] and all(
+            isinstance(c, list) and len(c) == len(doc["ratios"]) and all(map(number, c)) for c in doc["curves"].values())):
+        problem = "its curves are not one accuracy per ratio for each layer"
+    elif not (isinstance(doc["params"], dict) and set(doc["params"]) >= set(doc["curves"]) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in doc["params"].values())):
+        problem = "its params do not give a positive weight count for each layer"
+    elif not isinstance(doc.get("extra", {}), dict) or not isinstance(doc.get("importance", "l1"), str):
+        problem = "its extra or importance field has the wrong type"
+    if problem:
+        raise CompactCLError(f"{path} is not a sensitivity analysis: {problem}; {fix}")
+    sens = Sensitivity.from_json(doc)
+    target = sens.extra.get("target")
+    if target is not None and not (number(target) and 0 <= target < 1):
+        raise CompactCLError(f"{path} is not a sensitivity analysis: its extra.target is not in [0, 1); {fix}")
+    return sens
 
 
 def save_sensitivity(sens: Sensitivity, out_dir: str | os.PathLike) -> dict[str, Path]:
