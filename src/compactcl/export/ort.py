@@ -9,8 +9,9 @@ are written, from the same codes ONNX:
   ``all``, NCHWc layout left out: it is x86-specific): the decode is folded, the file holds
   dense fp32 weights (about 4 bytes a weight) and runs as fast as the dense graph;
 - ``NAME.codes.ort`` — converted with every optimization off: the file keeps the packed codes
-  (about the ``.onnx``'s size plus the format's per-node overhead) and decodes them at every
-  inference.
+  and decodes them at every inference. The format costs ~0.5 KB per node, and the decode has
+  dozens of nodes: on a tiny net (the default run's 4.2k weights) this file is the *larger* one;
+  once weights dominate it is the ``.onnx``'s size plus that overhead, 1/8 of the folded file at 4 bits.
 
 Each comes with ``NAME[.codes].required_operators.config`` (``--include_ops_by_config`` of ORT's
 ``build.py --minimal_build``); the two differ: the folded graph needs ``Conv``/``FusedConv``/``Gemm``
@@ -53,22 +54,35 @@ def ort_paths(out: str | os.PathLike) -> dict[str, dict[str, Path]]:
 
 
 def convert_to_ort(onnx_path: str | os.PathLike, ort_path: str | os.PathLike, form: str = "dense") -> int:
-    """Write ``onnx_path`` as an ORT-format model (``form``: a key of :data:`ORT_FORMS`); return its bytes."""
+    """Write ``onnx_path`` as an ORT-format model (``form``: a key of :data:`ORT_FORMS`); return its bytes.
+
+    The folded form is optimized to an ONNX first and that saved as ORT with nothing more to do:
+    saved in one step, the file also lists every value the optimizer removed (35,272 instead of
+    25,976 bytes for the default run's model, same graph)."""
+    import tempfile
+
     import onnxruntime as ort
 
-    level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[ORT_FORMS[form][0]]
-    so = ort.SessionOptions()
-    so.graph_optimization_level = level
-    so.log_severity_level = 3  # errors only: the converter's notes are not the user's business
-    so.add_session_config_entry("session.save_model_format", "ORT")
-    with atomic_path(ort_path) as tmp:
-        so.optimized_model_filepath = str(tmp)
+    def session(src: str | os.PathLike, dst: Path, level: str, fmt: str) -> None:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                       "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
+        so.log_severity_level = 3  # errors only: the converter's notes are not the user's business
+        so.add_session_config_entry("session.save_model_format", fmt)
+        so.optimized_model_filepath = str(dst)
         try:
-            ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
+            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"],
                                  disabled_optimizers=["NchwcTransformer"])
         except Exception as e:  # ORT raises its own exception types; keep the cause
             raise CompactCLError(f"ONNX Runtime could not convert {onnx_path} to ORT format: {e}") from e
+
+    level = ORT_FORMS[form][0]
+    with atomic_path(ort_path) as tmp, tempfile.TemporaryDirectory() as d:
+        src: str | os.PathLike = onnx_path
+        if level != "disable":
+            src = Path(d) / "optimized.onnx"
+            session(onnx_path, src, level, "ONNX")
+        session(src, tmp, "disable", "ORT")
     return Path(ort_path).stat().st_size
 
 
