@@ -116,3 +116,13 @@ def test_a_layer_pruned_away_is_one_expand():
     assert [n.op_type for n in nodes] == ["Expand", "Reshape"]
     with pytest.raises(ValueError, match="sparse must be one of"):
         SparseCodesGraph(sparse="sometimes")
+
+
+def test_mask_and_codes_share_their_positions(tmp_path):
+    """k-means keeps common zeros with a mask: mask and codes are rebuilt from one position stream
+    (one CumSum for two ScatterElements), a smaller file than storing each on its own."""
+    net = _pruned_net(0.9, "kmeans")
+    sizes = _sizes(net, tmp_path)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "auto.onnx")).graph.node]
+    assert ops.count("ScatterElements") == 2 * ops.count("CumSum") > 0
+    assert sizes["auto"] < sizes["never"] * 0.6, sizes

@@ -80,7 +80,7 @@ def _run_ort(args, path: Path, model, data) -> int:
         row["within_budget"] = None if budget is None else row["bytes"] <= budget
     figures = {"model_file": str(path), "budget_bytes": budget, "files": rows}
     table = format_table([{"form": form, "file": r["file"], "bytes": r["bytes"], "budget": budget,
-                           "agreement": r.get("agreement", 1.0), "max_dlogit": r.get("max_abs_logit_diff", 0.0),
+                           "agreement": r.get("agreement", 1.0), "max_dlogit": f"{r.get('max_abs_logit_diff', 0.0):.1e}",
                            **{f"ms_{k.split('_')[1]}": v for k, v in r.get("latency_ms", {}).items()}}
                           for form, r in rows.items()])
     notes = "\n".join(f"{form}: {r['holds']}" + (f"; build config {r['config']}" if "config" in r else "")
