@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..compress.quantize.onnx_graph import OPSET, DecodeGraph
+from ..compress.quantize.onnx_graph import OPSET
 from ..compress.quantize.state import quantized_layers
 from ..data.datasets import per_channel
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
+from .onnx_sparse import SparseCodesGraph
 
 __all__ = ["export_compressed_onnx", "export_dense_onnx", "describe", "deploy_metadata", "read_metadata",
            "check_against", "METADATA_KEYS"]
@@ -63,11 +64,12 @@ def _torch_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
     return onnx.load_from_string(buf.getvalue())
 
 
-def _rewrite(mp: Any, model: nn.Module, compress: bool) -> None:
-    """Swap quantized weights for their in-graph decode (``compress``) and lossless fp32 -> fp16 tensors."""
+def _rewrite(mp: Any, model: nn.Module, compress: bool, sparse: str = "auto") -> None:
+    """Swap quantized weights for their in-graph decode (``compress``; codes dense or ``sparse``, see
+    :class:`~compactcl.export.onnx_sparse.SparseCodesGraph`) and lossless fp32 -> fp16 tensors."""
     from onnx import numpy_helper
 
-    g = DecodeGraph()
+    g = SparseCodesGraph(sparse=sparse)
     replace: dict[str, str] = {}
     inits = {i.name: i for i in mp.graph.initializer}
     if compress:
@@ -166,12 +168,13 @@ def _write(mp: Any, path: str | os.PathLike, metadata: Mapping[str, str] | None)
 
 
 def export_compressed_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...],
-                           metadata: Mapping[str, str] | None = None) -> int:
+                           metadata: Mapping[str, str] | None = None, sparse: str = "auto") -> int:
     """Write ``model`` (quantized by ``quantize_``/``qat_``) as an ONNX holding its weight codes,
-    decoded in the graph (opset 18); return the bytes written."""
+    decoded in the graph (opset 18); return the bytes written. Each codes tensor is stored dense or
+    sparse (pruned zeros), whichever is smaller; ``sparse="never"``/``"always"`` forces one form."""
     model = model.cpu().eval()
     mp = _torch_onnx(model, input_shape)
-    _rewrite(mp, model, compress=True)
+    _rewrite(mp, model, compress=True, sparse=sparse)
     _shorten(mp)
     return _write(mp, path, metadata)
 
