@@ -136,3 +136,12 @@ def test_compactcls_point_needs_a_compress_section(tmp_path, capsys):
     assert main(["compare", str(DATA / "tiny-budget.yaml"), "--learners", "compactcl:ewc", "--budgets", "20k",
                  "--out", str(tmp_path / "d")]) == 2
     assert "unknown learner 'ewc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "abc", "0.5,2", ","])
+def test_bad_model_fractions_are_refused_with_the_fix(tmp_path, capsys, bad):
+    assert main(["compare", str(DATA / "tiny-budget.yaml"), "--learners", "compactcl", "--budgets", "20k",
+                 "--model-fractions", bad, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "--model-fractions" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # refused before any run
