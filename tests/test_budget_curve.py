@@ -7,7 +7,7 @@ import pytest
 
 from compactcl.cli.compare import parse_budgets
 from compactcl.cli.main import main
-from compactcl.pipeline.budget import curve_auc, final_model_bytes, split_budget
+from compactcl.pipeline.budget import choose_split, compact_split, curve_auc, final_model_bytes, split_budget
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,3 +76,72 @@ def test_bad_budgets_are_refused_with_the_fix(tmp_path, capsys, bad):
     assert main(["compare", str(DATA / "tiny.yaml"), "--budgets", bad, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "--budgets" in err and "Traceback" not in err
+
+
+def test_the_model_fraction_is_chosen_by_validation_among_those_that_fit():
+    tried = [{"fits": False}, {"fits": True, "val_score": 0.8}, {"fits": True, "val_score": 0.9},
+             {"fits": True, "val_score": 0.9}]
+    assert choose_split(tried) == 2  # the best; on a tie the first (smaller model share)
+    assert choose_split([{"fits": False}]) is None
+    assert compact_split(36_000, 0.3) == (10_800, 25_200)
+
+
+def test_the_new_learners_and_compactcls_point_keep_within_one_budget(tmp_path, capsys, monkeypatch):
+    """One total budget, every learner built for the curve (WA, FOSTER, MEMO, BiC) and compactcl's own,
+    compressed point, 2 tasks x 2 digits, cnn width 4, 4 epochs."""
+    from compactcl.report import html
+
+    monkeypatch.setattr(html, "write_report", lambda out: None)
+    out, budget = tmp_path / "curve", 12_000
+    args = ["compare", str(DATA / "tiny-budget.yaml"), "--learners", "wa,foster,memo,bic,compactcl",
+            "--budgets", str(budget), "--seeds", "0", "--model-fractions", "0.1,0.4", "--out", str(out),
+            "--set", "data.tasks=2", "--set", "learner.epochs=4", "--json"]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    pts = {p["learner"]: p for p in doc["points"]}
+    # average incremental accuracy of guessing: 2 classes, then 4. Measured (seed 0): wa .857, foster .891,
+    # memo .747, bic .864, compactcl (deployed) .719; a learner that learns nothing stays near .375
+    chance = (1 / 2 + 1 / 4) / 2
+    for name in ("wa", "foster", "memo", "bic"):
+        p = pts[name]
+        run = json.loads((out / f"{name}-{budget}B-seed0" / "metrics.json").read_text())
+        last = run["tasks"][-1]
+        assert p["fits"] and p["scored"] == "working" and run["recipe"]["compress"] is None  # peers: fp32, uncompressed
+        assert run["recipe"]["memory"]["bytes"] == budget - p["model_bytes"]
+        assert last["bytes"]["learner_total"] == last["bytes"]["fp32"] + last["bytes"]["exemplars"] <= budget
+        assert last["bytes"]["exemplars"] == 64 * last["exemplars"]  # uint8 8x8 digits
+        assert p["average_accuracy"]["mean"] > chance + 0.1, (name, p["average_accuracy"])
+    # compactcl: 10% of 12 kB cannot hold the .ccl (its header alone is ~2.7 kB): that share does not fit
+    p = pts["compactcl"]
+    tried = {t["model_fraction"]: t for t in p["split_selection"]["tried"]}
+    assert not tried[0.1]["fits"] and "over the budget of 1200 bytes" in tried[0.1]["reason"]
+    assert p["fits"] and p["scored"] == "deployed" and p["model_fraction"] == 0.4
+    run_dir = out / f"compactcl-{budget}B-m0.4-seed0"
+    run = json.loads((run_dir / "metrics.json").read_text())
+    assert run["recipe"]["compress"]["budget"]["bytes"] == 4_800 and run["recipe"]["memory"]["bytes"] == 7_200
+    ccl = [(run_dir / "tasks" / f"{t:02d}" / "deployed.ccl").stat().st_size for t in range(2)]
+    assert [t["bytes"]["deployed"] for t in run["tasks"]] == ccl  # real file bytes
+    assert p["measured_model_bytes"] == max(ccl) <= 4_800
+    assert p["measured_total_bytes"] == max(ccl) + run["tasks"][-1]["bytes"]["exemplars"] <= budget
+    assert tried[0.4]["val_score"] == pytest.approx(sum(t["deploy"]["val_accuracy"] for t in run["tasks"]) / 2)
+    assert p["average_accuracy"]["mean"] == run["summary"]["deployed"]["average_incremental_accuracy"] > chance + 0.1
+    assert p["working_fp32_bytes"] == run["tasks"][-1]["bytes"]["fp32"]  # reported, not counted
+
+
+def test_compactcls_point_needs_a_compress_section(tmp_path, capsys):
+    assert main(["compare", str(DATA / "tiny.yaml"), "--learners", "icarl,compactcl", "--budgets", "20k",
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "compress:" in err and "Traceback" not in err
+    assert main(["compare", str(DATA / "tiny-budget.yaml"), "--learners", "compactcl:ewc", "--budgets", "20k",
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "unknown learner 'ewc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "abc", "0.5,2", ","])
+def test_bad_model_fractions_are_refused_with_the_fix(tmp_path, capsys, bad):
+    assert main(["compare", str(DATA / "tiny-budget.yaml"), "--learners", "compactcl", "--budgets", "20k",
+                 "--model-fractions", bad, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "--model-fractions" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # refused before any run

@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--budgets", default=None,
                    help="comma-separated TOTAL byte budgets (model + exemplars), e.g. 60000,90000 or 60k,1.5M: "
                         "each buys the learner's fp32 model after the last task first, the rest in exemplars")
+    p.add_argument("--model-fractions", default=None,
+                   help="with --budgets and the learner entry 'compactcl' (or compactcl:LEARNER, its compressed, "
+                        "deployed model): the model's shares of each total budget to try, chosen on validation "
+                        "(default 0.15,0.3,0.5)")
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -107,14 +111,27 @@ def parse_budgets(text: str) -> list[int]:
     return out
 
 
+def parse_fractions(text: str) -> list[float]:
+    """``"0.1,0.25"`` -> ``[0.1, 0.25]``, each in (0, 1)."""
+    try:
+        out = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        out = []
+    if not out or any(not 0 < f < 1 for f in out):
+        raise CompactCLError(f"--model-fractions {text!r}: give the model's shares of a budget, each in (0, 1), "
+                             "e.g. 0.15,0.3,0.5")
+    return out
+
+
 def _run_budgets(args, name: str, out: Path, learners: list[str], seeds: list[int]) -> int:
     from ..pipeline.budget import run_budget_curve
     from ..report.curve import write_budget_plot
 
     budgets = parse_budgets(args.budgets)
+    fractions = parse_fractions(args.model_fractions) if args.model_fractions else None
     log = (lambda s: print(s, file=sys.stderr)) if not args.json else (lambda s: None)
     doc = run_budget_curve(args.recipe, list(args.overrides), learners, budgets, seeds, out, resume=args.resume,
-                           log=log)
+                           log=log, model_fractions=fractions)
     doc["plot"] = str(write_budget_plot(doc, out / "compare.png")) if any(p["fits"] for p in doc["points"]) else None
     atomic_write_json(out / "compare.json", doc)
     emit(args, doc, budget_table(doc) + f"\n\nseeds {seeds}; runs, compare.json and compare.png in {out}")
@@ -126,14 +143,21 @@ def budget_table(doc: dict) -> str:
     def pm(d: dict | None) -> str:
         return f"{d['mean']:.4f} ± {d['std']:.4f}" if d else "-"
 
-    rows = [{"learner": p["learner"], "total bytes": p["budget"], "model bytes": p["model_bytes"],
+    def model(p: dict) -> str:
+        if p["scored"] == "working":
+            return str(p["model_bytes"])
+        return f"{p['measured_model_bytes']} .ccl <= {p['model_bytes']} ({p['model_fraction']:g})" if p["fits"] else "-"
+
+    rows = [{"learner": p["learner"], "total bytes": p["budget"], "model bytes": model(p),
              "exemplar bytes": p["exemplar_bytes"] if p["fits"] else "-", "exemplars": p.get("exemplars", "-"),
              "average acc": pm(p.get("average_accuracy")) if p["fits"] else "model does not fit",
-             "last acc": pm(p.get("last_accuracy"))} for p in doc["points"]]
+             "last acc": pm(p.get("last_accuracy")), "scored": p["scored"]} for p in doc["points"]]
     aucs = [{"learner": n, "AUC average": a["average_accuracy"] if a["average_accuracy"] is not None else "-",
              "AUC last": a["last_accuracy"] if a["last_accuracy"] is not None else "-",
              "over budgets": ",".join(map(str, a["budgets"])) + ("" if a["all_budgets"] else " (not all fit)")}
             for n, a in doc["auc"].items()]
     return (format_table(rows) + "\n\n" + format_table(aucs)
             + "\n\nAUC: trapezoid over the budgets, divided by the budget range (a mean accuracy); "
-              "accuracy of the fp32 working model")
+              "peers: accuracy of the fp32 working model"
+            + ("; compactcl: the deployed model, model bytes = largest deployed .ccl <= its budget share "
+               "(the share chosen on validation)" if "compact_rule" in doc else ""))

@@ -33,7 +33,7 @@ from torch import nn
 from ..data.datasets import TensorData
 from ..data.memory import ExemplarMemory
 from ..data.stream import Task
-from ..errors import CompactCLError
+from ..errors import BudgetNotMet, CompactCLError
 from ..engine.loop import TrainConfig, accuracy, train
 from ..engine.losses import teacher_kd_loss
 from ..models.protocol import IncrementalModel
@@ -196,7 +196,7 @@ class CompressDeployer(Deployer):
         if limit is not None:
             report["within_budget"] = nbytes <= limit
             if nbytes > limit:
-                raise CompactCLError(f"task {task.index}: the deployed artifact is {nbytes} bytes, {nbytes - limit} "
+                raise BudgetNotMet(f"task {task.index}: the deployed artifact is {nbytes} bytes, {nbytes - limit} "
                                      f"({nbytes / limit - 1:.0%}) over the budget of {limit} bytes even after "
                                      "compression; use a smaller student, a higher prune ratio, fewer bits, or "
                                      "raise compress.budget")
@@ -210,7 +210,7 @@ class CompressDeployer(Deployer):
             ctx.log(f"task {task.index}: export done in {time.perf_counter() - t0:.1f} s")
             if config.budget.latency_ms and report["onnx"]["latency_ms"] > config.budget.latency_ms:
                 b = config.budget
-                raise CompactCLError(f"task {task.index}: deployed latency {report['onnx']['latency_ms']:.3f} ms "
+                raise BudgetNotMet(f"task {task.index}: deployed latency {report['onnx']['latency_ms']:.3f} ms "
                                      f"(ONNX Runtime, batch {b.latency_batch}, {b.latency_threads} thread(s)) "
                                      f"exceeds compress.budget.latency_ms={b.latency_ms}; use a smaller student, "
                                      "prune more (a prune step with round_to: 8; its `tried` list in metrics.json "

@@ -28,7 +28,7 @@ def write_budget_plot(doc: dict[str, Any], path: str | Path) -> Path:
         auc = doc["auc"][name]["average_accuracy"]
         line, = ax.plot(x, [p["average_accuracy"]["mean"] for p in pts], marker="o", label=f"{name} (AUC {auc:.3f})")
         ax.plot(x, [p["last_accuracy"]["mean"] for p in pts], marker="x", ls="--", color=line.get_color())
-    ax.set_xlabel("total bytes: fp32 model + uint8 exemplars (kB)")
+    ax.set_xlabel("total bytes: model (fp32 working; compactcl: deployed .ccl) + uint8 exemplars (kB)")
     ax.set_ylabel("accuracy (solid: average, dashed: last)")
     ax.set_title(f"{doc['recipe']}: seeds {doc['seeds']}")
     ax.grid(alpha=0.3)
