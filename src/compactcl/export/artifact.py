@@ -34,7 +34,6 @@ for bit.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
