@@ -66,6 +66,11 @@ def test_codes_take_their_bits(tmp_path):
         books = [wq.params["codebook"] for wq in quantized_layers(q).values()]
         # codebooks hold fp16 values, at most 2**bits and only the entries some weight uses
         assert all(torch.equal(c.half().float(), c) and c.numel() <= 2 ** b for c in books)
+        # what the bit search counts for a layer's codebook bounds what the file holds
+        from compactcl.compress.quantize import get_method
+
+        assert all(2 * wq.params["codebook"].numel() <= get_method("kmeans").grid_nbytes(q.get_submodule(n).weight.numel(), b)
+                   for n, wq in quantized_layers(q).items())
         assert sum(c.numel() for c in books) == sum(len(torch.unique(q.get_submodule(n).weight))
                                                     for n in quantized_layers(q))
         payload = n_weights * b / 8 + 2 * sum(c.numel() for c in books)  # codes + two fp16 codebooks

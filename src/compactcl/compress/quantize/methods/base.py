@@ -189,6 +189,11 @@ class QuantMethod(ABC):
         """Write the grid's parameters after the codes: header keys into ``entry``, tensors via ``wr.put``.
         The bytes are the file format: change them only with a new artifact format version."""
 
+    def grid_nbytes(self, numel: int, bits: int) -> int:
+        """Bytes of a ``numel``-weight layer's grid at ``bits`` that change with ``bits`` (the bit search ranks
+        lowering a layer by the bytes it saves). Default: 0 — scales or exponents cost the same at any width."""
+        return 0
+
     def grid_values(self, entry: dict[str, Any], channels: int) -> dict[str, int]:
         """How many values :meth:`write_grid` puts in each blob (``u8``/``f16``/``f32``) for this header
         entry: a reader checks a file can hold them before decoding anything. Default: none."""

@@ -106,6 +106,9 @@ class KMeansQuant(QuantMethod):
     def onnx_table(self, wq: WeightQuant, channels: int) -> np.ndarray:
         return wq.params["codebook"].float().numpy()  # the ONNX decode is Gather(codebook, codes)
 
+    def grid_nbytes(self, numel: int, bits: int) -> int:
+        return 2 * min(2 ** bits, numel)  # fp16 centroids, at most one a weight
+
     def write_grid(self, wq: WeightQuant, entry: dict[str, Any], wr: BlobWriter) -> None:
         codebook = wq.params["codebook"].float()
         if wq.options.get("zero_code") is not None:
