@@ -311,3 +311,18 @@ def test_a_format_2_checkpoint_without_its_digest_is_refused(tmp_path):
     _rewrite_header(path, lambda h: h.pop("sha256"))
     with pytest.raises(CompactCLError, match="checksum"):
         load_checkpoint(path)
+
+
+def test_kmeans_codebook_keeps_the_used_entries_and_the_reserved_zero(tmp_path):
+    """A few pruned weights (rare zeros) reserve a code for exact 0; trimming unused centroids re-indexes it."""
+    net = _net()
+    with torch.no_grad():
+        net.head.weight[0, :3] = 0  # 3 of 160 weights: a reserved zero code, not a sparse mask
+    quantize_(net, KMeansQuantConfig(bits=8))
+    wq = quantized_layers(net)["head"]
+    book, zc = wq.params["codebook"], wq.options["zero_code"]
+    assert zc is not None and book[zc] == 0 and book.numel() == len(torch.unique(net.head.weight)) <= 158
+    save_artifact(net, tmp_path / "z.ccl")
+    loaded = load_artifact(tmp_path / "z.ccl")
+    assert torch.equal(loaded.head.weight, net.head.weight) and torch.equal(loaded.head.weight[0, :3], torch.zeros(3))
+    assert quantized_layers(loaded)["head"].options["zero_code"] == zc
