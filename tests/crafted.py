@@ -22,8 +22,16 @@ from compactcl.models.checkpoint import file_digest, read_header
 
 
 def resign(path: Path, header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Rewrite ``path`` with ``header`` and a freshly computed sha256, as a crafter would."""
-    tensors = st_load(path.read_bytes()) if tensors is None else tensors
+    """Rewrite ``path`` with ``header`` and a freshly computed checksum, as a crafter would (a compact
+    .ccl keeps its data; a safetensors file gets ``tensors`` when given)."""
+    from compactcl.utils.frame import is_frame, pack_frame, read_frame
+
+    if tensors is None:
+        raw = path.read_bytes()
+        if is_frame(raw):
+            path.write_bytes(pack_frame(header, read_frame(raw, str(path))[1]))
+            return path
+        tensors = st_load(raw)
     header = {k: v for k, v in header.items() if k != "sha256"}
     header["sha256"] = file_digest(tensors, header)
     path.write_bytes(st_save(tensors, metadata={"compactcl": json.dumps(header)}))
@@ -89,11 +97,10 @@ def artifact_huge_layer(folder: Path) -> Path:
     """A real .ccl whose first quantized layer claims shape [1e5, 1e5] (9.3 GiB as float32)."""
     path = real_artifact(folder, "huge.ccl")
     header = read_header(path)
-    for entries in header["layers"].values():
-        for entry in entries.values():
-            if "enc" in entry:
-                entry["shape"] = [100_000, 100_000]
-                return resign(path, header)
+    for entry in header["layers"]:
+        if "enc" in entry:
+            entry["shape"] = [100_000, 100_000]
+            return resign(path, header)
     raise AssertionError("no quantized layer")
 
 
@@ -101,8 +108,16 @@ def artifact_huge_sparse_layer(folder: Path) -> Path:
     """A .ccl float entry made sparse with no stored index and shape [1e5, 1e5]: nothing backs its zeros."""
     path = real_artifact(folder, "huge_sparse.ccl")
     header = read_header(path)
-    header["layers"]["head"]["bias"] = {"shape": [100_000, 100_000], "dt": "f32", "sparse": 2, "ib": 8, "ne": 0}
+    header["layers"][artifact_keys(header).index("head.bias")] = {"shape": [100_000, 100_000], "dt": "f32",
+                                                                  "sparse": 2, "ib": 8, "ne": 0}
     return resign(path, header)
+
+
+def artifact_keys(header: dict[str, Any]) -> list[str]:
+    """The tensor names of a compact .ccl header's layer table (its spec's model, in state-dict order)."""
+    from compactcl.models.checkpoint import spec_layout
+
+    return [k for k, _ in spec_layout(header["spec"], len(header["layers"]), "test")]
 
 
 def idx_bytes(arr: np.ndarray, code: int = 0x08, shape: tuple[int, ...] | None = None) -> bytes:

@@ -102,21 +102,29 @@ LAYER_EDITS: list[dict[str, Any]] = [
 
 def _resigned_artifacts(base: Path, folder: Path, rng: random.Random) -> list[tuple[str, Path]]:
     out = []
-    header0, tensors0 = read_header(base), st_load(base.read_bytes())
-    entries = [(m, leaf) for m, es in header0["layers"].items() for leaf in es]
+    header0 = read_header(base)  # a compact (/3) .ccl: its layer table is a list in the spec's tensor order
+
+    def resigned(name: str, header: dict[str, Any]) -> Path:
+        (folder / name).write_bytes(base.read_bytes())
+        return crafted.resign(folder / name, header)
+
     for i, edit in enumerate(LAYER_EDITS):
         header = json.loads(json.dumps(header0))
-        module, leaf = rng.choice(entries)
-        header["layers"][module][leaf].update(edit)
-        out.append((f"layer{i}", crafted.resign(folder / f"layer{i}.ccl", header, dict(tensors0))))
-    for i, layers in enumerate([None, [], {"x": 1}, {"head": {"weight": None}}]):
+        rng.choice(header["layers"]).update(edit)
+        out.append((f"layer{i}", resigned(f"layer{i}.ccl", header)))
+    for i, layers in enumerate([None, [], {"x": 1}, [{"weight": None}], header0["layers"][:-1],
+                                header0["layers"] + [{"dt": "f16"}]]):
         header = json.loads(json.dumps(header0))
         header["layers"] = layers
-        out.append((f"table{i}", crafted.resign(folder / f"table{i}.ccl", header, dict(tensors0))))
+        out.append((f"table{i}", resigned(f"table{i}.ccl", header)))
+    for i, (key, value) in enumerate([("n", [10 ** 9, 0, 0]), ("n", None), ("keys", ["a"]), ("keys", 7)]):
+        header = json.loads(json.dumps(header0))
+        header[key] = value
+        out.append((f"frame{i}", resigned(f"frame{i}.ccl", header)))
     for i, edit in enumerate(SPEC_EDITS[:8]):
         header = json.loads(json.dumps(header0))
         header["spec"].update(edit)
-        out.append((f"spec{i}", crafted.resign(folder / f"spec{i}.ccl", header, dict(tensors0))))
+        out.append((f"spec{i}", resigned(f"spec{i}.ccl", header)))
     return out
 
 
@@ -128,7 +136,12 @@ def _model_corpus(folder: Path) -> list[tuple[str, Path]]:
              crafted.real_artifact(folder)]
     for base in bases:
         raw = base.read_bytes()
-        header_end = 8 + int.from_bytes(raw[:8], "little")
+        if base.suffix == ".ccl":  # compact frame: magic, digest, header length, DEFLATE'd header
+            from compactcl.utils.frame import read_frame
+
+            header_end = len(raw) - len(read_frame(raw, str(base))[1])
+        else:
+            header_end = 8 + int.from_bytes(raw[:8], "little")
         for name, data in _mutations(raw, rng, 5, header_end):
             path = folder / f"{base.stem}-{name}{base.suffix}"
             path.write_bytes(data)

@@ -237,6 +237,7 @@ def test_pretrained_model_is_task_zero(digits):
 def test_quantized_user_model_packs_and_reloads(tmp_path):
     from compactcl.compress.quantize.api import config_for, quantize_
     from compactcl.export.artifact import save_artifact
+    from compactcl.models.checkpoint import read_header
 
     net = from_module(tiny_resnet(num_classes=4), factory=tiny_resnet, factory_kwargs={"num_classes": 4}).eval()
     x = torch.randn(5, 1, 8, 8)
@@ -246,6 +247,9 @@ def test_quantized_user_model_packs_and_reloads(tmp_path):
     # 4-bit codes; batch norm, scales and the header cost the rest on a model this small
     assert (tmp_path / "m.ccl").stat().st_size < (tmp_path / "m.safetensors").stat().st_size / 3
     assert torch.equal(compactcl.load(tmp_path / "m.ccl")(x), net(x))
+    # a user's factory is not run on the meta device to name tensors: the .ccl header names them
+    header = read_header(tmp_path / "m.ccl")
+    assert header["keys"] == list(net.state_dict()) and all("shape" in e for e in header["layers"])
 
 
 def test_user_residual_model_through_a_compressed_recipe_run(tmp_path, monkeypatch):

@@ -109,10 +109,15 @@ def test_compressed_onnx_matches_pytorch_and_is_small(quantized_net, tmp_path):
     assert res["agreement"] == 1.0 and res["max_abs_logit_diff"] < 1e-4
     # the weights are stored as packed codes, not floats: no float initializer as big as a conv weight
     graph = onnx.load(str(tmp_path / "c.onnx")).graph
-    biggest = max(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == TensorProto.FLOAT)
+    floats = [t for t in graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    biggest = max((int(np.prod(t.dims)) for t in floats if t.data_type == TensorProto.FLOAT), default=0)
     # the 8-bit head's codebook, nothing weight-sized; and only the entries its weights use, not all 256
     used = len(torch.unique(net.get_submodule("head").weight))
     assert used < 256 and biggest <= used
+    # codebooks are fp16 values (fitted so): they travel in the one fp16 blob with biases and batch norm
+    half = sum(int(np.prod(t.dims)) for t in floats if t.data_type == TensorProto.FLOAT16)
+    books = sum(wq.params["codebook"].numel() for wq in quantized_layers(net).values())
+    assert half >= books + net.head.bias.numel()
     assert set(quantized_layers(net))  # the net really is quantized
 
 

@@ -1,26 +1,32 @@
-"""Packed artifact (.ccl): the deployed model at its real size, as one safetensors file.
+"""Packed artifact (.ccl): the deployed model at its real size, as one small self-checking file.
 
-Layout — three flat tensors and a JSON header (no pickle):
+Format /3 (written) is a compact frame (``utils/frame.py``): magic, an 8-byte digest, the JSON
+header DEFLATE'd, then three flat blobs back to back (little-endian, no pickle):
 
 * ``u8``  : bit-packed weight codes, relative indices of sparse tensors, affine zero points,
   log exponents (int8 stored as uint8 + 128);
-* ``f16`` : float tensors whose values are exactly fp16 (biases and batch-norm tensors after
-  ``quantize_``, which rounds them so), 2 bytes each — lossless;
-* ``f32`` : everything else that is float: scales, codebooks, unquantized weights.
+* ``f16`` : float values that are exactly fp16 — biases and batch-norm tensors after
+  ``quantize_`` (which rounds them so), k-means codebooks and linear scales (fitted as fp16
+  values) — 2 bytes each, lossless;
+* ``f32`` : everything else that is float (unquantized weights, grids fp16 cannot hold).
 
-The header (safetensors metadata key ``"compactcl"``) is
-``{"format": "compactcl.artifact/2", "spec", "meta", "sha256", "layers"}`` where ``layers``
-maps each module to its state-dict tensors, in file order, with shape and encoding
-(``{"enc": "kmeans", "bits": 3, "shape": [...]}``, ``{"dt": "f16", "shape": [...]}``, ...); each entry's bytes
-follow from its shape and bits, so no offsets are stored. A tensor that is mostly zeros
-is stored as relative indices of its non-zeros (``export/sparse.py``, Deep Compression's
-scheme; index width chosen per tensor) + only the non-zero codes/values. After a quantized
-weight's codes come its grid's parameters, written and read by its quantization method
-(``QuantMethod.write_grid`` / ``read_grid``, e.g. ``"sym"`` + scales for linear, the codebook
-for k-means).
+The header is ``{"format": "compactcl.artifact/3", "spec", "meta", "n", "layers"}``: ``n`` the
+blob lengths, ``layers`` one entry per state-dict tensor *in the order the spec's model builds
+them*, so names and shapes are left out (the spec rebuilds them on the meta device; an entry
+keeps ``shape`` only where it differs, e.g. a structurally pruned layer, and a model kind that
+cannot be built there stores ``keys``). An entry says the tensor's encoding
+(``{"enc": "kmeans", "bits": 3}``, ``{"dt": "f16"}``, ...); its bytes follow from its shape and
+bits, so no offsets are stored. A tensor that is mostly zeros is stored as relative indices of
+its non-zeros (``export/sparse.py``, Deep Compression's scheme; index width chosen per tensor) +
+only the non-zero codes/values. After a quantized weight's codes come its grid's parameters,
+written and read by its quantization method (``QuantMethod.write_grid`` / ``read_grid``, e.g.
+``"sym"`` + scales for linear, the codebook for k-means).
+
+Formats /1 and /2 (a safetensors file with the JSON header, names and shapes in its metadata)
+are still read.
 
 Loading is exact: the rebuilt model's weights equal the in-memory quantized model's bit
-for bit. Flat blobs keep the safetensors framing (a JSON entry per tensor) off small models.
+for bit.
 
 >>> nbytes = save_artifact(model, "model.ccl")  # doctest: +SKIP
 >>> model2 = load_artifact("model.ccl")  # doctest: +SKIP
@@ -28,7 +34,6 @@ for bit. Flat blobs keep the safetensors framing (a JSON entry per tensor) off s
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -37,25 +42,25 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
 from ..compress.quantize.packing import pack_bits, packed_nbytes, unpack_bits, unpack_mask
 from ..compress.quantize.methods import QUANT_METHODS
 from ..compress.quantize.state import WeightQuant, get_weight_quant, set_weight_quant
 from ..errors import CompactCLError
-from ..models.checkpoint import file_digest, model_from_state, read_header, verify_digest
+from ..models.checkpoint import model_from_state, read_header, spec_layout, verify_digest
 from ..utils.atomic import atomic_write_bytes
+from ..utils.frame import is_frame, pack_frame, read_frame
 from .sparse import best_index_bits, decode_positions, encode_gaps, entries_for
 
 __all__ = ["save_artifact", "load_artifact", "pack_artifact", "artifact_nbytes", "artifact_breakdown", "FORMAT"]
 
-# /2: the sha256 covers the header (codebooks, scales, shapes live there) as well as the tensors;
-# /1 artifacts (tensor-only digest) are still read.
-FORMAT = "compactcl.artifact/2"
-READABLE_FORMATS = ("compactcl.artifact/1", FORMAT)
+# /3: compact frame, DEFLATE'd header, names and shapes rebuilt from the spec (see above);
+# /2: safetensors, the sha256 covers the header as well as the tensors; /1: tensor-only digest.
+FORMAT = "compactcl.artifact/3"
+READABLE_FORMATS = ("compactcl.artifact/1", "compactcl.artifact/2", FORMAT)
 _BLOBS = ("u8", "f16", "f32")
-_NP = {"u8": np.uint8, "f16": np.float16, "f32": np.float32}
+_NP = {"u8": np.dtype(np.uint8), "f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
 
 
 class _Writer:
@@ -66,13 +71,13 @@ class _Writer:
     def put(self, blob: str, a: np.ndarray) -> None:
         self.parts[blob].append(np.ascontiguousarray(a, dtype=_NP[blob]).reshape(-1))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.concatenate(v)) for k, v in self.parts.items() if v and sum(a.size for a in v)}
+    def blobs(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) if v else np.zeros(0, _NP[k]) for k, v in self.parts.items()}
 
 
 class _Reader:
-    def __init__(self, tensors: dict[str, torch.Tensor], source: str) -> None:
-        self.data = {k: tensors[k].numpy() if k in tensors else np.zeros(0, _NP[k]) for k in _BLOBS}
+    def __init__(self, blobs: dict[str, np.ndarray], source: str) -> None:
+        self.data = {k: blobs[k] if k in blobs else np.zeros(0, _NP[k]) for k in _BLOBS}
         self.pos = {k: 0 for k in _BLOBS}
         self.source = source
 
@@ -197,6 +202,52 @@ def _read_float(rd: _Reader, entry: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(flat).reshape(shape)
 
 
+def _tensor_order(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[list[str], dict[str, tuple] | None]:
+    """The order tensors are stored in and the spec's shapes: the spec's model's state-dict order when it
+    builds the same tensors (then the header names none), else the model's own order (names stored)."""
+    try:
+        layout = spec_layout(spec, len(state), "model")
+    except CompactCLError:
+        layout = None  # a spec the meta device cannot build
+    if layout is None or sorted(k for k, _ in layout) != sorted(state):
+        return list(state), None
+    return [k for k, _ in layout], dict(layout)
+
+
+def _compact_layers(entries: list[dict[str, Any]], keys: list[str], shapes: dict[str, tuple] | None,
+                    ) -> dict[str, Any]:
+    """The header's layer table without what the spec rebuilds: names, and shapes where they match."""
+    if shapes is None:
+        return {"keys": keys, "layers": entries}
+    return {"layers": [{k: v for k, v in e.items() if not (k == "shape" and tuple(v) == shapes[key])}
+                       for e, key in zip(entries, keys)]}
+
+
+def _expand_layers(header: dict[str, Any], source: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The /2-style layer table (module -> tensor -> entry with its shape) of a /3 header."""
+    entries, keys = header.get("layers"), header.get("keys")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise CompactCLError(f"{source}: its header has no valid layer table; the artifact is corrupted.")
+    if keys is None:
+        layout = spec_layout(header.get("spec"), len(entries), source)
+        if layout is None:
+            raise CompactCLError(f"{source}: its header names no tensors for a model kind that cannot be rebuilt "
+                                 "from its spec; the artifact is corrupted.")
+        keys, shapes = [k for k, _ in layout], [list(shape) for _, shape in layout]
+    else:
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise CompactCLError(f"{source}: its header's tensor names are not a list of strings; it is corrupted.")
+        shapes = [None] * len(keys)
+    if len(keys) != len(entries) or len(set(keys)) != len(keys):
+        raise CompactCLError(f"{source}: its layer table has {len(entries)} entries for {len(keys)} tensors of its "
+                             "model spec; the artifact is corrupted or was written by another version.")
+    layers: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, entry, shape in zip(keys, entries, shapes):
+        module, _, leaf = key.rpartition(".")
+        layers.setdefault(module, {})[leaf] = {"shape": shape, **entry} if shape is not None else dict(entry)
+    return layers
+
+
 def _pack(model: nn.Module, meta: dict[str, Any] | None, half: bool) -> tuple[bytes, dict[str, int]]:
     if not hasattr(model, "spec"):
         raise CompactCLError(f"{type(model).__name__} has no .spec; pack compactcl models "
@@ -204,27 +255,28 @@ def _pack(model: nn.Module, meta: dict[str, Any] | None, half: bool) -> tuple[by
     owners = {f"{name}.weight" if name else "weight": m for name, m in model.named_modules()
               if get_weight_quant(m) is not None}
     wr = _Writer()
-    layers: dict[str, dict[str, dict[str, Any]]] = {}  # module -> tensor -> encoding (keeps the header short)
-    for key, t in model.state_dict().items():
-        t = t.detach().cpu()
-        module, _, leaf = key.rpartition(".")
-        entries = layers.setdefault(module, {})
+    state = model.state_dict()
+    keys, shapes = _tensor_order(model.spec, state)
+    entries: list[dict[str, Any]] = []  # one encoding a tensor, in ``keys`` order
+    for key in keys:
+        t = state[key].detach().cpu()
         if key in owners:
-            entries[leaf] = _write_quant(wr, module, t.float(), get_weight_quant(owners[key]))
+            entry = _write_quant(wr, key.rpartition(".")[0], t.float(), get_weight_quant(owners[key]))
         elif t.is_floating_point():
-            entries[leaf] = _write_float(wr, t.float(), half)
+            entry = _write_float(wr, t.float(), half)
         elif t.numel() <= 16:
-            entries[leaf] = {"shape": list(t.shape), "int": t.reshape(-1).tolist()}
+            entry = {"shape": list(t.shape), "int": t.reshape(-1).tolist()}
             if t.dtype != torch.int64:
-                entries[leaf]["dtype"] = str(t.dtype)[6:]
+                entry["dtype"] = str(t.dtype)[6:]
         else:
             raise CompactCLError(f"tensor {key!r} ({t.dtype}, {t.numel()} values) has no artifact encoding")
-    tensors = wr.tensors()
-    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "layers": layers}
-    header["sha256"] = file_digest(tensors, header)
-    data = st_save(tensors, metadata={"compactcl": json.dumps(header, separators=(",", ":"))})
-    stored = sum(t.numel() * t.element_size() for t in tensors.values())
-    return data, {"codes": wr.code_bytes, "tables": stored - wr.code_bytes, "header": len(data) - stored}
+        entries.append(entry)
+    blobs = wr.blobs()
+    data = b"".join(blobs[k].astype(_NP[k], copy=False).tobytes() for k in _BLOBS)
+    header = {"format": FORMAT, "spec": model.spec, "meta": meta or {}, "n": [int(blobs[k].size) for k in _BLOBS],
+              **_compact_layers(entries, keys, shapes)}
+    raw = pack_frame(header, data)
+    return raw, {"codes": wr.code_bytes, "tables": len(data) - wr.code_bytes, "header": len(raw) - len(data)}
 
 
 def pack_artifact(model: nn.Module, meta: dict[str, Any] | None = None, half: bool = False) -> bytes:
@@ -237,9 +289,9 @@ def pack_artifact(model: nn.Module, meta: dict[str, Any] | None = None, half: bo
 
 
 def artifact_breakdown(model: nn.Module, meta: dict[str, Any] | None = None, half: bool = False) -> dict[str, int]:
-    """Where the artifact's bytes go: ``codes`` (packed weight codes), ``tables`` (codebooks, scales,
-    sparse indices, unquantized tensors) and ``header`` (JSON header and safetensors framing);
-    they sum to its size."""
+    """Where the artifact's bytes go: ``codes`` (packed weight codes), ``tables`` (everything else in the
+    data: codebooks, scales, sparse indices, biases and batch norm, unquantized tensors) and ``header``
+    (the frame: magic, digest and the DEFLATE'd JSON header); they sum to its size."""
     return _pack(model, meta, half)[1]
 
 
@@ -258,23 +310,53 @@ def save_artifact(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any
 def load_artifact(path: str | os.PathLike) -> nn.Module:
     """Rebuild the model of a ``.ccl`` file (eval mode); quantized layers get their ``weight_quant`` back."""
     path = Path(path)
-    header = read_header(path)
-    if header.get("format") not in READABLE_FORMATS:
-        raise CompactCLError(f"{path} has format {header.get('format')!r}, not {FORMAT}; use compactcl.load().")
+    if not path.is_file():
+        read_header(path)  # names the missing file
+    raw = path.read_bytes()
+    if is_frame(raw):
+        header, data = read_frame(raw, str(path))  # the digest covers header and data
+        if header.get("format") != FORMAT:
+            raise CompactCLError(f"{path} has format {header.get('format')!r}, not {FORMAT}; the file is corrupted "
+                                 "or was written by a newer compactcl.")
+        blobs = _split_blobs(header, data, path)
+    else:
+        header = read_header(path)
+        if header.get("format") not in READABLE_FORMATS:
+            raise CompactCLError(f"{path} has format {header.get('format')!r}, not {FORMAT}; use compactcl.load().")
+        try:
+            tensors = st_load(raw)
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
+        verify_digest(header, tensors, path, "Export it again from its run folder.")
+        blobs = {k: t.numpy() for k, t in tensors.items()}
     try:
-        tensors = st_load(path.read_bytes())
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise CompactCLError(f"{path}: cannot read its tensors ({e}); the file is truncated or corrupted.") from e
-    verify_digest(header, tensors, path, "Export it again from its run folder.")
-    _check_layer_table(header, tensors, path)  # before _decode allocates anything a shape claims
-    try:
-        return _decode(header, tensors, path)
+        if header.get("format") == FORMAT:
+            header = {**header, "layers": _expand_layers(header, str(path))}
+        _check_layer_table(header, blobs, path)  # before _decode allocates anything a shape claims
+        return _decode(header, blobs, path)
     except CompactCLError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError,
             MemoryError) as e:  # a /1 header is not covered by the checksum: a damaged one fails here
         raise CompactCLError(f"{path}: its header does not describe its data ({type(e).__name__}: {str(e)[:200]}); "
                              "the artifact is corrupted or was written by another version. Export it again.") from e
+
+
+def _split_blobs(header: dict[str, Any], data: bytes, path: Path) -> dict[str, np.ndarray]:
+    """The u8/f16/f32 blobs of a /3 file's data, as long as its header's ``n`` says."""
+    counts = header.get("n")
+    if (not isinstance(counts, list) or len(counts) != len(_BLOBS)
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)):
+        raise CompactCLError(f"{path}: its header has no valid blob lengths; the artifact is corrupted.")
+    sizes = [c * _NP[k].itemsize for k, c in zip(_BLOBS, counts)]
+    if sum(sizes) != len(data):
+        raise CompactCLError(f"{path}: its header describes {sum(sizes):,} data bytes but the file holds "
+                             f"{len(data):,}; the artifact is corrupted or was written by another version.")
+    blobs, start = {}, 0
+    for k, size in zip(_BLOBS, sizes):
+        blobs[k] = np.frombuffer(data, _NP[k], size // _NP[k].itemsize, start)
+        start += size
+    return blobs
 
 
 # Sparse entries may describe zeros that no stored byte backs (runs after the last non-zero, all-zero
@@ -289,7 +371,7 @@ def _int(entry: dict[str, Any], key: str, lo: int, hi: int, what: str) -> int:
     return value
 
 
-def _check_layer_table(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _check_layer_table(header: dict[str, Any], blobs: dict[str, np.ndarray], path: Path) -> None:
     """Refuse a layer table that asks for more values than the u8/f16/f32 blobs can hold, before decoding.
 
     Each entry's bytes follow from its shape, bits and encoding (see the module docstring), so
@@ -299,7 +381,7 @@ def _check_layer_table(header: dict[str, Any], tensors: dict[str, torch.Tensor],
     layers = header.get("layers")
     if not isinstance(layers, dict) or not all(isinstance(es, dict) for es in layers.values()):
         raise CompactCLError(f"{path}: its header has no valid layer table; the artifact is corrupted.")
-    have = {k: int(tensors[k].numel()) if k in tensors else 0 for k in _BLOBS}
+    have = {k: int(blobs[k].size) if k in blobs else 0 for k in _BLOBS}
     need = {k: 0 for k in _BLOBS}
     unbacked = 0
     for module, entries in layers.items():
@@ -352,8 +434,8 @@ def _check_layer_table(header: dict[str, Any], tensors: dict[str, torch.Tensor],
                                      "crafted. Refusing to decode it.")
 
 
-def _decode(header: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    rd = _Reader(tensors, str(path))
+def _decode(header: dict[str, Any], blobs: dict[str, np.ndarray], path: Path) -> nn.Module:
+    rd = _Reader(blobs, str(path))
     state: dict[str, torch.Tensor] = {}
     grids: dict[str, WeightQuant] = {}
     items = [(f"{module}.{leaf}" if module else leaf, e) for module, es in header["layers"].items()

@@ -20,10 +20,11 @@ from torch import nn
 
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
-from .protocol import MODEL_KINDS, create_model, list_model_kinds
+from ..utils.frame import MAGIC, is_frame, read_frame
+from .protocol import MODEL_KINDS, ModelKind, create_model, list_model_kinds
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_header", "conform_to", "tensor_digest", "file_digest",
-           "verify_digest", "FORMAT", "READABLE_FORMATS"]
+           "verify_digest", "spec_layout", "FORMAT", "READABLE_FORMATS"]
 
 # /2: the sha256 covers the header too (a damaged spec or meta is caught, not just damaged weights);
 # /1 files (tensor-only digest) are still read.
@@ -72,10 +73,15 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict[str, A
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a compactcl safetensors file (checkpoint or packed artifact)."""
+    """The JSON header of a compactcl file: a safetensors checkpoint or artifact, or a compact artifact
+    (``.ccl`` format /3, checksum verified here)."""
     path = Path(path)
     if not path.is_file():
         raise CompactCLError(f"no such file: {path}. Pass a checkpoint (.safetensors), an artifact (.ccl) or a run folder.")
+    with open(path, "rb") as f:
+        framed = is_frame(f.read(len(MAGIC)))
+    if framed:
+        return read_frame(path.read_bytes(), str(path))[0]
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -151,13 +157,8 @@ def _longest_list(value: Any) -> int:
     return 0
 
 
-def _check_counts(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
-    """Spec values that set how many modules get built must be backed by tensors in the file.
-
-    Even on the meta device, building costs time per module: ``branches: 10**9`` or a
-    million-entry ``hidden`` list would hang before any shape could be compared.
-    """
-    n = len(state)
+def _check_lists(spec: dict[str, Any], n: int, source: str) -> None:
+    """No list in the spec (MLP ``hidden``: one layer an entry) longer than the file's ``n`` tensors."""
     try:
         longest = _longest_list(spec)
     except RecursionError as e:
@@ -165,6 +166,16 @@ def _check_counts(spec: dict[str, Any], state: dict[str, torch.Tensor], source: 
     if longest > n:
         raise CompactCLError(f"{source}: its spec holds a list of {longest:,} entries but the file has only {n} "
                              "tensors; the header is corrupted or crafted. Refusing to build it.")
+
+
+def _check_counts(spec: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> None:
+    """Spec values that set how many modules get built must be backed by tensors in the file.
+
+    Even on the meta device, building costs time per module: ``branches: 10**9`` or a
+    million-entry ``hidden`` list would hang before any shape could be compared.
+    """
+    n = len(state)
+    _check_lists(spec, n, source)
     counts = MODEL_KINDS[spec["kind"]].saved_counts
     for field, saved in counts(spec, state) if counts else []:
         if _count(spec.get(field, 0), field, n, source) != saved:
@@ -179,6 +190,38 @@ def _check_counts(spec: dict[str, Any], state: dict[str, torch.Tensor], source: 
                                      "the header is corrupted or crafted.")
 
 
+def _kind_of(spec: Any, source: str) -> ModelKind:
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+        raise CompactCLError(f"{source}: its header has no valid model spec; the file is corrupted.")
+    kind = MODEL_KINDS.get(spec["kind"])
+    if kind is None:
+        raise CompactCLError(f"{source}: unknown model kind {spec['kind']!r}; this compactcl builds "
+                             f"{', '.join(list_model_kinds())}")
+    return kind
+
+
+def spec_layout(spec: Any, n: int, source: str) -> list[tuple[str, tuple[int, ...]]] | None:
+    """The state-dict keys and shapes, in order, of the model ``spec`` builds — what a compact artifact
+    leaves out of its header — for a file holding ``n`` tensors. Built on the meta device (nothing
+    allocated) after the bounds loading applies (no spec list, branch or block count above ``n``);
+    None for kinds not safe to build there (external models: user factories)."""
+    kind = _kind_of(spec, source)
+    if not kind.meta_safe:
+        return None
+    _check_lists(spec, n, source)
+    for field, _ in kind.saved_counts(spec, {}) if kind.saved_counts else []:
+        _count(spec.get(field, 0), field, n, source)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = create_model(spec)
+    except CompactCLError:
+        raise
+    except _BUILD_ERRORS as e:
+        raise CompactCLError(f"{source}: its model spec cannot be built ({type(e).__name__}: {str(e)[:300]}); the "
+                             "header is corrupted or was written by another compactcl version.") from e
+    return [(k, tuple(t.shape)) for k, t in model.state_dict().items()]
+
+
 def _check_spec(spec: Any, state: dict[str, torch.Tensor], source: str) -> nn.Module | None:
     """The spec's model on the meta device, conformed to the saved shapes and checked tensor by tensor.
 
@@ -187,12 +230,7 @@ def _check_spec(spec: Any, state: dict[str, torch.Tensor], source: str) -> nn.Mo
     spec describes exactly the tensors in the file, so building it costs what the file holds.
     Returns None for kinds not safe to build on the meta device (external models: user factories).
     """
-    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
-        raise CompactCLError(f"{source}: its header has no valid model spec; the file is corrupted.")
-    kind = MODEL_KINDS.get(spec["kind"])
-    if kind is None:
-        raise CompactCLError(f"{source}: unknown model kind {spec['kind']!r}; this compactcl builds "
-                             f"{', '.join(list_model_kinds())}")
+    kind = _kind_of(spec, source)
     if not kind.meta_safe:
         return None
     _check_counts(spec, state, source)

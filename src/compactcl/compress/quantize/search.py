@@ -4,7 +4,8 @@
   accuracy drop stays within ``tolerance``.
 * :func:`search_layer_bits` — mixed precision: measure each layer's sensitivity (validation
   drop when only that layer is quantized, per width), then greedily lower the layer whose
-  next step costs the least accuracy per byte saved, until the model-wide drop would exceed
+  next step costs the least accuracy per byte saved (its codes and the grid entries that go
+  with them: a k-means codebook halves with each bit), until the model-wide drop would exceed
   ``tolerance`` or the packed artifact fits ``budget_bytes``.
 
 Both return a :class:`SearchResult` whose ``rows`` say what was tried and why it was kept.
@@ -25,6 +26,7 @@ from ...data.datasets import TensorData
 from ...errors import CompactCLError
 from ...engine.loop import accuracy
 from .api import QuantConfig, config_for, quantize_, select_layers
+from .methods import get_method
 
 __all__ = ["SearchResult", "search_model_bits", "search_layer_bits", "DEFAULT_CHOICES"]
 
@@ -93,6 +95,10 @@ def search_layer_bits(model: nn.Module, method: str, val: TensorData, tolerance:
     names = select_layers(model, config_for(method, top, **config_kwargs))
     base = accuracy(model, val)
     numel = {n: model.get_submodule(n).weight.numel() for n in names}
+    grid = get_method(method)
+
+    def layer_bytes(n: str, bits: int) -> float:  # its codes + the part of its grid that grows with bits
+        return numel[n] * bits / 8 + grid.grid_nbytes(numel[n], bits)
     rows: list[dict[str, Any]] = []
 
     # sensitivity[name][bits]: validation drop with only that layer quantized
@@ -124,7 +130,8 @@ def search_layer_bits(model: nn.Module, method: str, val: TensorData, tolerance:
             if n in frozen or not lower:
                 continue
             b = lower[0]
-            cost = max(sens[n][b] - sens[n][current[n]], 0.0) / (numel[n] * (current[n] - b) / 8)
+            saved = layer_bytes(n, current[n]) - layer_bytes(n, b)
+            cost = max(sens[n][b] - sens[n][current[n]], 0.0) / saved if saved > 0 else float("inf")
             cands.append((cost, sens[n][b], n, b))
         if not cands:
             break

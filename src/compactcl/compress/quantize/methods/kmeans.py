@@ -17,7 +17,8 @@ from torch.nn.utils import parametrize
 
 from ....errors import CompactCLError
 from .. import primitives as P
-from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, register_method
+from .base import (BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, fp16_values, is_fp16,
+                   register_method)
 
 __all__ = ["KMeansQuantConfig", "KMeansQuant", "SharedWeights"]
 
@@ -58,7 +59,8 @@ class SharedWeights(nn.Module):
 
 @register_method
 class KMeansQuant(QuantMethod):
-    """``params``: ``codebook`` (float32, ``2**bits``); ``options``: ``zero_code`` (int or None). One grid per layer."""
+    """``params``: ``codebook`` (float32 holding fp16 values, at most ``2**bits`` entries: those used);
+    ``options``: ``zero_code`` (int or None). One grid per layer."""
 
     name = "kmeans"
     config = KMeansQuantConfig
@@ -67,7 +69,13 @@ class KMeansQuant(QuantMethod):
 
     def fit(self, w: torch.Tensor, cfg: KMeansQuantConfig, bits: int) -> WeightQuant:
         res = P.quantize_kmeans(w, bits, cfg.init, cfg.iters, cfg.seed)
-        return WeightQuant(self.name, bits, {"codebook": res.codebook}, None, {"zero_code": res.zero_code})
+        wq = WeightQuant(self.name, bits, {"codebook": fp16_values(res.codebook)}, None, {"zero_code": res.zero_code})
+        # only the centroids some weight uses are kept: a 160-weight head at 8 bits needs at most
+        # 160 of its 256 entries, and the artifact stores the codebook (codes keep their width)
+        used = torch.unique(self.encode(wq, w))
+        zc = res.zero_code
+        return WeightQuant(self.name, bits, {"codebook": wq.params["codebook"][used].clone()}, None,
+                           {"zero_code": None if zc is None else int(torch.searchsorted(used, zc))})
 
     def encode(self, wq: WeightQuant, w: torch.Tensor) -> torch.Tensor:
         codebook, zc = wq.params["codebook"], wq.options.get("zero_code")
@@ -93,20 +101,38 @@ class KMeansQuant(QuantMethod):
     def qat_collect(self, wq: WeightQuant, parametrization: nn.Module) -> None:
         if isinstance(parametrization, SharedWeights):
             p = parametrization
-            wq.params["codebook"] = (p.codebook * p.trainable).detach().cpu().clone()
+            wq.params["codebook"] = fp16_values((p.codebook * p.trainable).detach().cpu())
 
     def onnx_table(self, wq: WeightQuant, channels: int) -> np.ndarray:
         return wq.params["codebook"].float().numpy()  # the ONNX decode is Gather(codebook, codes)
 
+    def grid_nbytes(self, numel: int, bits: int) -> int:
+        return 2 * min(2 ** bits, numel)  # fp16 centroids, at most one a weight
+
     def write_grid(self, wq: WeightQuant, entry: dict[str, Any], wr: BlobWriter) -> None:
+        codebook = wq.params["codebook"].float()
         if wq.options.get("zero_code") is not None:
             entry["zc"] = int(wq.options["zero_code"])
-        wr.put("f32", wq.params["codebook"].numpy())
+        if codebook.numel() != 2 ** wq.bits:
+            entry["k"] = int(codebook.numel())  # fewer entries than codes can address: only those used
+        if is_fp16(codebook):
+            entry["h"] = 1
+        wr.put("f16" if entry.get("h") else "f32", codebook.numpy())
 
     def grid_values(self, entry: dict[str, Any], channels: int) -> dict[str, int]:
-        return {"f32": 2 ** int(entry["bits"])}  # the codebook
+        return {"f16" if entry.get("h") else "f32": self._entries(entry)}  # the codebook
 
     def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> WeightQuant:
         bits = int(entry["bits"])
-        codebook = torch.from_numpy(rd.take("f32", 2 ** bits).copy())
+        blob = "f16" if entry.get("h") else "f32"
+        codebook = torch.from_numpy(rd.take(blob, self._entries(entry)).astype(np.float32))
         return WeightQuant(self.name, bits, {"codebook": codebook}, None, {"zero_code": entry.get("zc")})
+
+    @staticmethod
+    def _entries(entry: dict[str, Any]) -> int:
+        """Codebook entries of an artifact entry: ``k`` when fewer than ``2**bits`` (format /3), else ``2**bits``."""
+        full = 2 ** int(entry["bits"])
+        k = entry.get("k", full)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= full:
+            raise CompactCLError(f"k-means codebook size k={k!r} is not an integer in [1, {full}]")
+        return k

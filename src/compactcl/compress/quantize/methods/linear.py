@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .. import primitives as P
-from .base import BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, register_method
+from .base import (BlobReader, BlobWriter, QuantConfig, QuantMethod, WeightQuant, fp16_values, is_fp16,
+                   register_method)
 
 if TYPE_CHECKING:
     from ..onnx_graph import DecodeGraph
@@ -28,7 +29,8 @@ class LinearQuantConfig(QuantConfig):
 
 @register_method
 class LinearQuant(QuantMethod):
-    """``params``: ``scale`` (float32), ``zero_point`` (int32); ``options``: ``symmetric``."""
+    """``params``: ``scale`` (float32 holding fp16 values when they fit), ``zero_point`` (int32); ``options``:
+    ``symmetric``."""
 
     name = "linear"
     config = LinearQuantConfig
@@ -37,6 +39,7 @@ class LinearQuant(QuantMethod):
     def fit(self, w: torch.Tensor, cfg: LinearQuantConfig, bits: int) -> WeightQuant:
         axis = 0 if cfg.per_channel else None
         scale, zp = P.linear_qparams(w, bits, cfg.symmetric, axis)
+        scale = fp16_values(scale)  # the grid is fitted on fp16 scales: 2 bytes each in the artifact
         return WeightQuant(self.name, bits, {"scale": scale, "zero_point": zp}, axis, {"symmetric": cfg.symmetric})
 
     def encode(self, wq: WeightQuant, w: torch.Tensor) -> torch.Tensor:
@@ -65,21 +68,24 @@ class LinearQuant(QuantMethod):
         zp = wq.params["zero_point"].float().numpy()
         if zp.any():
             q = graph.op("Sub", [q, graph.const(zp.reshape(bshape).astype(np.float32))])
-        return graph.op("Mul", [q, graph.const(wq.params["scale"].float().numpy().reshape(bshape))])
+        return graph.op("Mul", [q, graph.float_values(wq.params["scale"].float().numpy().reshape(bshape))])
 
     def write_grid(self, wq: WeightQuant, entry: dict[str, Any], wr: BlobWriter) -> None:
         symmetric = bool(wq.options.get("symmetric", True))
         entry["sym"] = int(symmetric)
-        wr.put("f32", wq.params["scale"].numpy())
+        if is_fp16(wq.params["scale"]):
+            entry["h"] = 1
+        wr.put("f16" if entry.get("h") else "f32", wq.params["scale"].numpy())
         if not symmetric:
             wr.put("u8", wq.params["zero_point"].numpy())  # affine range is [0, 2**bits)
 
     def grid_values(self, entry: dict[str, Any], channels: int) -> dict[str, int]:
-        return {"f32": channels, "u8": 0 if entry.get("sym", 1) else channels}  # scales (+ zero points)
+        scales = "f16" if entry.get("h") else "f32"
+        return {scales: channels, "u8": 0 if entry.get("sym", 1) else channels}  # scales (+ zero points)
 
     def read_grid(self, entry: dict[str, Any], rd: BlobReader) -> WeightQuant:
         axis, channels = entry.get("axis"), self.channels(entry)
-        scale = torch.from_numpy(rd.take("f32", channels).copy())
+        scale = torch.from_numpy(rd.take("f16" if entry.get("h") else "f32", channels).astype(np.float32))
         sym = bool(entry.get("sym", 1))
         zp = (torch.from_numpy(rd.take("u8", channels).astype(np.int32)) if not sym
               else torch.zeros(channels, dtype=torch.int32))
