@@ -1,7 +1,12 @@
-"""`compactcl export MODEL [--int8] --out FILE`: ONNX, checked against PyTorch on the test split.
+"""`compactcl export MODEL [--int8 | --dense] --out FILE`: ONNX, checked, self-describing.
 
-Fails (exit 2) when the fp32 graph's top-1 agreement with PyTorch is below 99.9% or the
-int8 graph loses more than 1 point of accuracy; int8 calibrates on training images.
+A quantized model (a ``.ccl``, or a run folder's deployed model) is written as the weight-codes
+ONNX the run ships (``deployed.onnx``: the bytes the budget counts), checked against the model
+(top-1 agreement, max |dlogit|); ``--dense`` writes its dequantized fp32 graph instead. A float
+model is written as fp32, or int8 QDQ with ``--int8``. Every file carries the compactcl metadata
+(class names, input, normalization) that ``compactcl predict`` and examples/edge_predict.py read.
+Fails (exit 2) when the fp32 graph's top-1 agreement with PyTorch is below 99.9% or the int8
+graph loses more than 1 point of accuracy; int8 calibrates on training images.
 
 `compactcl export MODEL --ort --out NAME.ort`: ONNX Runtime's mobile format, both forms
 (``NAME.ort`` decode folded, ``NAME.codes.ort`` codes kept) with their required-operators
@@ -10,20 +15,23 @@ configs, each checked against the codes ONNX and timed, sizes beside the run's b
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from ..errors import CompactCLError
-from .common import (add_json_flag, add_model_choice, baseline, baseline_line, emit, format_table, model_path,
-                     read_metrics, say)
+from .common import (add_json_flag, add_model_choice, baseline, baseline_line, dequantize_, emit, format_table,
+                     model_path, read_metrics, say)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX (fp32 or int8 QDQ), checked against PyTorch")
+    p = sub.add_parser("export", help="export a model to ONNX (weight codes, fp32 or int8 QDQ), checked against PyTorch")
     p.add_argument("model", help="checkpoint (.safetensors), artifact (.ccl) or run folder (its final deployed model; --model working for the working one)")
     add_model_choice(p)
     p.add_argument("--onnx", action="store_true", help="accepted, not needed: ONNX is the format written (packed .ccl "
                                                       "files come from `compactcl quantize`)")
     p.add_argument("--int8", action="store_true", help="static int8 QDQ, calibrated on training images")
+    p.add_argument("--dense", action="store_true", help="a quantized model as its dequantized fp32 graph instead of "
+                                                       "the weight-codes ONNX (larger; for runtimes without opset 18)")
     p.add_argument("--ort", action="store_true",
                    help="ORT format for mobile/minimal ONNX Runtime builds, from the weight-codes ONNX: --out NAME.ort "
                         "(decode folded: dense fp32, fast) and NAME.codes.ort (codes kept, decoded every inference), "
@@ -38,17 +46,30 @@ def run(args) -> int:
     from ..api import checkpoint_data, load
     from ..export.onnx import export_checked
 
-    if args.ort and args.int8:
-        raise CompactCLError("--ort converts the weight-codes ONNX; --int8 is a separate export: run one at a time")
+    if args.ort and (args.int8 or args.dense):
+        raise CompactCLError("--ort converts the weight-codes ONNX; --int8 is a separate export (so is --dense): run one "
+                             "at a time")
+    if args.int8 and args.dense:
+        raise CompactCLError("--int8 and --dense are two different files: choose one")
     path = model_path(args)
     model = load(path)
     data = checkpoint_data(path)
     if args.ort:
         return _run_ort(args, path, model, data)
-    say(args, f"writing {args.out} (ONNX{', int8 QDQ' if args.int8 else ''}), checking it against PyTorch"
-              f"{'' if args.no_latency else ', measuring latency'} ...")
-    res = export_checked(model, args.out, data["input_shape"], data["test"].x, data["test"].y, int8=args.int8,
-                         calib_x=data["train"].x, latency=not args.no_latency)
+    from ..compress.quantize.state import quantized_layers
+    from ..export.compressed import add_metadata, deploy_metadata
+
+    meta = deploy_metadata(data["meta"], data["input_shape"], path if path.suffix == ".ccl" else None)
+    if quantized_layers(model) and not args.int8 and not args.dense:
+        res = _export_codes(args, model, data, meta)
+    else:
+        if args.int8 or args.dense:
+            model = dequantize_(args, model, path)
+        say(args, f"writing {args.out} (ONNX{', int8 QDQ' if args.int8 else ', fp32'}), checking it against PyTorch"
+                  f"{'' if args.no_latency else ', measuring latency'} ...")
+        res = export_checked(model, args.out, data["input_shape"], data["test"].x, data["test"].y, int8=args.int8,
+                             calib_x=data["train"].x, latency=not args.no_latency)
+        res["bytes"] = add_metadata(args.out, meta)
     base = baseline(model)
     figures = {"model_file": str(path), **res, "baseline_accuracy": res["torch_accuracy"], **base}
     rows = [{"model": "pytorch", "test_accuracy": res["torch_accuracy"], "agreement": 1.0, "bytes": base["baseline_bytes"]},
@@ -58,8 +79,29 @@ def run(args) -> int:
     if "latency_grid_ms" in res:
         table += "\n\nONNX Runtime latency (ms, median; t threads, b batch): " + ", ".join(
             f"{k} {v:.3f}" for k, v in res["latency_grid_ms"].items())
-    emit(args, figures, table + f"\n\nwrote {args.out}")
+    emit(args, figures, table + f"\n\nwrote {args.out} (with compactcl metadata: class names, input, normalization)")
     return 0
+
+
+def _export_codes(args, model, data, meta: dict[str, str]) -> dict:
+    """The weight-codes ONNX of a quantized model (what a run ships as deployed.onnx), checked against it."""
+    from ..export.compressed import check_against, export_compressed_onnx
+    from ..metrics.latency import onnx_latency_grid
+
+    say(args, f"writing {args.out} (weight-codes ONNX, decoded in the graph), checking it against PyTorch"
+              f"{'' if args.no_latency else ', measuring latency'} ...")
+    nbytes = export_compressed_onnx(copy.deepcopy(model), args.out, data["input_shape"], meta)
+    check = check_against(args.out, model, data["test"].x, data["test"].y)
+    if check["agreement"] < 0.999:
+        raise CompactCLError(f"{args.out}: the weight-codes ONNX agrees with PyTorch on only {check['agreement']:.2%} "
+                             f"of the test images (max |dlogit| {check['max_abs_logit_diff']:.2e}); an operator "
+                             "decodes wrongly — report it with the model spec; --dense writes the fp32 graph meanwhile")
+    res = {"format": "onnx-codes", "path": str(args.out), "bytes": nbytes, "agreement": check["agreement"],
+           "max_abs_logit_diff": check["max_abs_logit_diff"], "accuracy": check["accuracy"],
+           "torch_accuracy": check["reference_accuracy"]}
+    if not args.no_latency:
+        res["latency_grid_ms"] = onnx_latency_grid({"model": args.out}, data["input_shape"], repeats=50)["model"]
+    return res
 
 
 def _run_ort(args, path: Path, model, data) -> int:

@@ -37,7 +37,7 @@ from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
 from .onnx_sparse import SparseCodesGraph
 
-__all__ = ["export_compressed_onnx", "export_dense_onnx", "describe", "deploy_metadata", "read_metadata",
+__all__ = ["export_compressed_onnx", "export_dense_onnx", "describe", "deploy_metadata", "add_metadata", "read_metadata",
            "check_against", "METADATA_KEYS"]
 
 METADATA_KEYS = ("class_names", "class_ids", "input_layout", "input_channels", "input_size", "normalization",
@@ -226,6 +226,15 @@ def deploy_metadata(meta: Mapping[str, Any], input_shape: tuple[int, int, int], 
     if source is not None:
         props["source_sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     return props
+
+
+def add_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> int:
+    """Stamp compactcl's ``metadata_props`` (:func:`deploy_metadata`) into an ONNX file written by another
+    exporter (fp32, int8 QDQ); return its new size."""
+    import onnx
+
+    mp = onnx.load(str(path))
+    return _write(mp, path, metadata)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
