@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import CompactCLError
 from .datasets import (DEFAULT_MAX_IN_MEMORY_MB, DatasetSplits, _check_labels, _pixel_splits, _uint8_stats,

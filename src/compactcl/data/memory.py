@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .datasets import PIXEL_LEVELS, PixelScale, TensorData, per_channel, standardize_array
+from .datasets import PIXEL_LEVELS, PixelScale, TensorData, per_channel
 
 __all__ = ["ExemplarMemory", "herding", "extract_features", "encode_uint8", "decode_uint8", "pixel_levels"]
 
@@ -50,11 +50,9 @@ def encode_uint8(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor
 
 
 def decode_uint8(u: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
-    """uint8 pixels -> float32 standardised images, with the very float32 operations of
-    ``datasets._standardize`` (so 8-bit images come back bit-identical)."""
-    levels = pixel_levels(normalization)
-    a = u.numpy().astype(np.float32) / np.float32(levels)  # (N, C, H, W)
-    return torch.from_numpy(standardize_array(a, normalization["mean"], normalization["std"]))
+    """uint8 pixels (N, C, H, W) -> float32 standardised images: the dataset's own per-batch
+    normalisation (:class:`~compactcl.data.datasets.PixelScale`), so 8-bit images come back bit-identical."""
+    return PixelScale.of(normalization, u.shape[-3]).normalize(u)
 
 
 @torch.no_grad()
