@@ -4,16 +4,18 @@ Writes synthetic CIFAR-100 *binary* files (``train.bin``: 50,000 records, ``test
 each record 2 label bytes + 3,072 pixel bytes, 100 classes, seeded random pixels) into a
 temporary folder, then runs two child processes with the same interpreter:
 
-- **baseline**: imports what a run imports (torch, compactcl's CLI, run pipeline, learners,
-  report) and prints its peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``);
 - **run**: ``compactcl run`` (the CLI's ``main``) over those files, 10 tasks x 10 classes,
   iCaRL (herding, 2,000 exemplars), a small CNN, one epoch a task, no compression (tiny model,
-  so the data dominates), then prints its own peak RSS the same way.
+  so the data dominates), then prints its peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
+  and writes the names of every module it had imported;
+- **baseline**: imports exactly those modules (torch, compactcl, and what a run pulls in lazily:
+  matplotlib for the report, sympy through torch, PIL, ...), does nothing else, and prints its
+  peak RSS the same way.
 
 The figure is ``(run peak - baseline peak) / uint8 bytes``, where the uint8 bytes are those of
 the 50,000 training images (153.6 MB; the 10,000 test images add 30.7 MB and are *not* counted in
 the denominator, so the ratio is the conservative one; both are printed). What is subtracted is
-exactly the baseline process's peak RSS: the interpreter, torch and compactcl's imported modules.
+exactly the baseline process's peak RSS: the interpreter and every module the run had imported.
 
     python benchmarks/data_memory.py                    # prints the figures
     python benchmarks/data_memory.py --train 5000 --test 1000 --epochs 1   # a quick check
@@ -32,15 +34,21 @@ import numpy as np
 
 PIXELS = 3 * 32 * 32
 BASELINE = """
-import resource, torch, compactcl
-import compactcl.cli.main, compactcl.pipeline.run, compactcl.learners, compactcl.report.html
+import importlib, json, resource, sys
+for name in json.load(open(sys.argv[1])):
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - a module that only imports inside its package's own import order
+        pass
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 RUN = """
-import resource, sys
+import json, resource, sys
 from compactcl.cli.main import main
-code = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+code = main(sys.argv[2:])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+json.dump(sorted(n for n, m in sys.modules.items() if m is not None and n != "__main__"), open(sys.argv[1], "w"))
+print(peak)
 sys.exit(code or 0)
 """
 
@@ -78,12 +86,13 @@ def main() -> None:
         data.mkdir()
         write_cifar100(data, args.train, "train.bin", seed=1)
         write_cifar100(data, args.test, "test.bin", seed=2)
-        baseline_kib = child(BASELINE)
+        modules = str(Path(tmp) / "modules.json")
         sets = ["data.dataset=cifar100", f"data.root={data}", "data.tasks=10", "data.classes_per_task=10",
                 "model.backbone=cnn", "model.options.width=8", "learner.name=icarl", f"learner.epochs={args.epochs}",
                 "learner.batch_size=128", "memory.size=2000", "compress=null", "export.onnx=false"]
-        run_kib = child(RUN, "run", "--out", str(Path(tmp) / "run"), "--quiet",
+        run_kib = child(RUN, modules, "run", "--out", str(Path(tmp) / "run"), "--quiet",
                         *[arg for s in sets for arg in ("--set", s)])
+        baseline_kib = child(BASELINE, modules)
         metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
     train_bytes, all_bytes = args.train * PIXELS, (args.train + args.test) * PIXELS
     extra = (run_kib - baseline_kib) * 1024
