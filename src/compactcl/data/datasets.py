@@ -452,7 +452,8 @@ def idx(root: str | None = None, hint: str = "", name: str = "idx",
         return _standardize(name, to_x(tx), arrays["train_y"], to_x(vx), arrays["test_y"])
     _check_images(name, tx, vx)
     num_classes = _check_labels(name, arrays["train_y"], arrays["test_y"])  # labels checked as stored
-    mean, std = _uint8_stats(tx)
+    # the float32 statistics IDX runs have always had (a transient float copy at load), so their numbers stay
+    mean, std = _float_stats(name, tx.astype(np.float32) / np.float32(255), vx)
     return _pixel_splits(name, tx, arrays["train_y"], vx, arrays["test_y"], num_classes, None, {"scale": "pixel/255", "mean": mean, "std": std})
 
 
