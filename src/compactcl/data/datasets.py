@@ -10,6 +10,7 @@ IDX) have no integer pixels to keep and stay float32.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -66,11 +67,16 @@ class PixelScale:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float32 standardised images, on ``pixels``' device."""
-        shape = (1, len(self.mean), 1, 1)
-        opts = {"dtype": torch.float32, "device": pixels.device}
-        mean = torch.tensor(self.mean, **opts).view(shape)
-        std = torch.tensor(self.std, **opts).view(shape)
-        return (pixels.to(torch.float32) / torch.tensor(float(self.levels), **opts) - mean) / std
+        levels, mean, std = _scale_operands(self, pixels.device)
+        return (pixels.to(torch.float32) / levels - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def _scale_operands(scale: PixelScale, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(levels, mean, std) as float32 tensors on ``device``, made once: no host-to-device copy per batch."""
+    shape, opts = (1, len(scale.mean), 1, 1), {"dtype": torch.float32, "device": device}
+    return (torch.tensor(float(scale.levels), **opts), torch.tensor(scale.mean, **opts).view(shape),
+            torch.tensor(scale.std, **opts).view(shape))
 
 
 PIXEL_LEVELS = {"pixel/255": 255, "pixel/16": 16}  # DatasetSplits.normalization["scale"] -> integer levels
