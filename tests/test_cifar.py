@@ -111,7 +111,7 @@ def test_truncated_missing_and_oversized_files_are_named(tmp_path: Path) -> None
     cifar_files.cifar10_binary(tmp_path)
     folder = tmp_path / "cifar-10-batches-bin"
     with pytest.raises(CompactCLError, match="over max_in_memory_mb"):  # bounded by sizes, before reading
-        load_dataset("cifar10", str(tmp_path), max_in_memory_mb=0.5)
+        load_dataset("cifar10", str(tmp_path), max_in_memory_mb=0.25)  # ~0.5 MB of uint8 pixels
     (folder / "data_batch_2.bin").write_bytes((folder / "data_batch_2.bin").read_bytes()[:-7])
     with pytest.raises(CompactCLError, match="data_batch_2.bin: .* not a whole number"):
         load_dataset("cifar10", str(tmp_path))

@@ -102,7 +102,7 @@ def checkpoint_data(path: str | os.PathLike, model: str = "deployed") -> dict[st
                                stream_meta["val_fraction"], stream_meta["class_order"],
                                all_classes=False)  # the file's stream was accepted when it was trained
     spec = read_header(path).get("spec") or {}
-    check_input(spec, ds.train.x[:1], f"{path}: its recorded data {stream_meta['dataset']!r}")
+    check_input(spec, ds.train.batch(slice(0, 1)), f"{path}: its recorded data {stream_meta['dataset']!r}")
     n_tasks = meta["task"] + 1
     parts = {split: TensorData.cat([getattr(t, split) for t in stream.tasks[:n_tasks]])
              for split in ("train", "val", "test")}

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import CompactCLError
-from .datasets import (DEFAULT_MAX_IN_MEMORY_MB, DatasetSplits, TensorData, _check_labels, _to_float, _uint8_stats,
+from .datasets import (DEFAULT_MAX_IN_MEMORY_MB, DatasetSplits, _check_labels, _pixel_splits, _uint8_stats,
                        register_dataset)
 
 __all__ = ["RestrictedUnpickler", "safe_unpickle", "read_cifar_records", "cifar10", "cifar100", "CIFAR10_CLASSES",
@@ -193,20 +192,29 @@ class _Files:
 
     def read(self, layout: dict[str, Any], name: str, size: int) -> bytes:
         """Exactly ``size`` bytes (the size checked by the caller), or a named error."""
+        return b"".join(self.pieces(layout, name, size, size))
+
+    def pieces(self, layout: dict[str, Any], name: str, size: int, piece: int):
+        """The file's ``size`` bytes in pieces of ``piece`` bytes (the last may be shorter); a file
+        shorter or longer than ``size`` is a named error."""
+        done = 0
         try:
-            if self.tar is not None:
-                fh = self.tar.extractfile(self.members[name])
-                assert fh is not None  # members are regular files
-                data = fh.read(size + 1)
-            else:
-                with open(self._path(layout, name), "rb") as fh:
-                    data = fh.read(size + 1)
+            fh = self.tar.extractfile(self.members[name]) if self.tar is not None else \
+                open(self._path(layout, name), "rb")
+            assert fh is not None  # members are regular files
+            with fh:
+                while done < size:
+                    data = fh.read(min(piece, size - done))
+                    if not data:
+                        break
+                    done += len(data)
+                    yield data
+                done += len(fh.read(1))  # one byte more tells a file longer than listed
         except (OSError, EOFError, tarfile.TarError) as e:
             raise CompactCLError(f"{self.root}: cannot read {name} ({e}); the file is truncated. Re-download it.") from e
-        if len(data) != size:
-            raise CompactCLError(f"{self.root}: {name} holds {len(data)} bytes, its listing says {size}; the file "
+        if done != size:
+            raise CompactCLError(f"{self.root}: {name} holds {done} bytes, its listing says {size}; the file "
                                  "changed while reading or is truncated")
-        return data
 
     def close(self) -> None:
         if self.tar is not None:
@@ -215,6 +223,16 @@ class _Files:
 
 # --- readers ---------------------------------------------------------------------------------
 
+def _check_records(size: int, label_bytes: int, source: str) -> int:
+    """The record size; refuses ``size`` bytes that are not a whole, non-zero number of records."""
+    record = label_bytes + PIXELS
+    if size % record or not size:
+        raise CompactCLError(f"{source}: {size} bytes is not a whole number of {record}-byte records "
+                             f"({label_bytes} label byte(s) + {PIXELS} pixels); the file is truncated, or it is "
+                             f"the other CIFAR (CIFAR-10 records have 1 label byte, CIFAR-100 2)")
+    return record
+
+
 def read_cifar_records(data: bytes, label_bytes: int, source: str = "cifar") -> tuple[np.ndarray, np.ndarray]:
     """Binary CIFAR records -> (images uint8 (N, 3, 32, 32), labels uint8 (N, label_bytes)); views of ``data``.
 
@@ -222,23 +240,29 @@ def read_cifar_records(data: bytes, label_bytes: int, source: str = "cifar") -> 
     >>> x.shape, int(y[0, 0])
     ((1, 3, 32, 32), 7)
     """
-    record = label_bytes + PIXELS
-    if len(data) % record or not data:
-        raise CompactCLError(f"{source}: {len(data)} bytes is not a whole number of {record}-byte records "
-                             f"({label_bytes} label byte(s) + {PIXELS} pixels); the file is truncated, or it is "
-                             f"the other CIFAR (CIFAR-10 records have 1 label byte, CIFAR-100 2)")
+    record = _check_records(len(data), label_bytes, source)
     rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)  # (N, label_bytes + 3072)
     return rows[:, label_bytes:].reshape(-1, 3, 32, 32), rows[:, :label_bytes]
 
 
+_RECORDS_A_PIECE = 1024  # records read at a time: the pixels land in place, no second copy of a file
+
+
 def _binary_split(files: _Files, layout: dict[str, Any], names: list[str], fine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The files' records read piece by piece into one preallocated uint8 (N, 3, 32, 32) array."""
     lb = layout["label_bytes"]
-    xs, ys = [], []
-    for name in names:
-        x, y = read_cifar_records(files.read(layout, name, files.size(layout, name)), lb, f"{files.root}: {name}")
-        xs.append(x)
-        ys.append(y[:, -1] if fine else y[:, 0])  # CIFAR-100: coarse byte, then fine byte
-    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+    sizes = [files.size(layout, name) for name in names]
+    record = max(_check_records(size, lb, f"{files.root}: {name}") for name, size in zip(names, sizes))
+    x = np.empty((sum(sizes) // record, 3, 32, 32), dtype=np.uint8)
+    y = np.empty(len(x), dtype=np.int64)
+    at = 0
+    for name, size in zip(names, sizes):
+        for data in files.pieces(layout, name, size, record * _RECORDS_A_PIECE):
+            px, labels = read_cifar_records(data, lb, f"{files.root}: {name}")
+            x[at: at + len(px)] = px
+            y[at: at + len(px)] = labels[:, -1] if fine else labels[:, 0]  # CIFAR-100: coarse byte, then fine byte
+            at += len(px)
+    return x, y
 
 
 def _python_split(files: _Files, layout: dict[str, Any], names: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -301,11 +325,11 @@ def _load(kind: str, root: str | None, max_in_memory_mb: float, fine: bool = Tru
                                  f"{py_layout['dirs'][0]}/); name the {title} tarball or its extracted folder")
         names = layout["train"] + [layout["test"]]
         sizes = [files.size(layout, n) for n in names]
-        # Bounded before reading: the pixels are at most the files' bytes, and they end as float32.
-        need_mb = sum(sizes) * 4 / 2 ** 20
+        # Bounded before reading: the pixels are at most the files' bytes, kept as uint8.
+        need_mb = sum(sizes) / 2 ** 20
         if need_mb > max_in_memory_mb:
             raise CompactCLError(f"{root}: {sum(sizes):,} bytes of batches would take about {need_mb:.0f} MB as "
-                                 f"float32, over max_in_memory_mb={max_in_memory_mb:g}; the files are not {title}'s "
+                                 f"uint8 pixels, over max_in_memory_mb={max_in_memory_mb:g}; the files are not {title}'s "
                                  "(about 180 MB), or raise data.options.max_in_memory_mb if they are genuine")
         if "label_bytes" in layout:
             (tx, ty), (vx, vy) = (_binary_split(files, layout, layout["train"], fine),
@@ -323,9 +347,7 @@ def _load(kind: str, root: str | None, max_in_memory_mb: float, fine: bool = Tru
     finally:
         files.close()
     mean, std = _uint8_stats(tx)
-    train = TensorData(_to_float(tx, mean, std), torch.from_numpy(ty))
-    test = TensorData(_to_float(vx, mean, std), torch.from_numpy(vy))
-    return DatasetSplits(kind, train, test, num_classes, names, {"scale": "pixel/255", "mean": mean, "std": std})
+    return _pixel_splits(kind, tx, ty, vx, vy, num_classes, names, {"scale": "pixel/255", "mean": mean, "std": std})
 
 
 @register_dataset("cifar10")

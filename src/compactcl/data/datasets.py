@@ -1,12 +1,16 @@
 """Datasets as in-memory tensors, one registry: digits (built in), idx (MNIST format), folder, arrays.
 
-Every loader returns :class:`DatasetSplits` with images as float32 ``(N, C, H, W)`` tensors,
-standardised with the training split's per-channel mean and std (recorded in ``normalization``
-as lists, one number per channel).
+Every loader returns :class:`DatasetSplits`: images ``(N, C, H, W)`` standardised with the training
+split's per-channel mean and std (recorded in ``normalization`` as lists, one number per channel).
+Images that come as integer pixels (digits, 8-bit IDX, image folders, CIFAR) are *kept* as uint8
+(1 byte a value) with their :class:`PixelScale`; models see float32 batches normalised on the
+run's device (:meth:`TensorData.batch`). Arrays handed in as floats (:func:`from_arrays`, float
+IDX) have no integer pixels to keep and stay float32.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -26,7 +30,7 @@ from ..errors import CompactCLError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["TensorData", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
+__all__ = ["TensorData", "PixelScale", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
            "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch",
            "per_channel", "standardize_array"]
 
@@ -34,26 +38,141 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
+@dataclass(frozen=True)
+class PixelScale:
+    """How stored uint8 pixels become the float32 images models see: ``(p / levels - mean[c]) / std[c]``.
+
+    ``levels`` is 255 (8-bit images) or 16 (scikit-learn's digits, values 0..16); ``mean``/``std``
+    one number per channel. Applied per batch on the batch's device with tensor (not scalar)
+    operands, so every step is one correctly rounded float32 operation: the very numbers
+    :func:`standardize_array` gives on the CPU, also on CUDA (where a scalar divisor would be
+    turned into a multiplication by its reciprocal).
+    """
+
+    levels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @staticmethod
+    def of(normalization: dict[str, Any] | None, channels: int | None = None) -> "PixelScale | None":
+        """The scale a dataset's ``normalization`` record describes, or None (unknown pixel scale)."""
+        if not normalization or not {"mean", "std"} <= set(normalization):
+            return None
+        levels = PIXEL_LEVELS.get(normalization.get("scale", ""))
+        if levels is None:
+            return None
+        mean, std = normalization["mean"], normalization["std"]
+        channels = channels or (len(mean) if isinstance(mean, (list, tuple)) else 1)
+        return PixelScale(levels, tuple(per_channel(mean, channels)), tuple(per_channel(std, channels)))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> float32 standardised images, on ``pixels``' device."""
+        levels, mean, std = _scale_operands(self, pixels.device)
+        return (pixels.to(torch.float32) / levels - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def _scale_operands(scale: PixelScale, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(levels, mean, std) as float32 tensors on ``device``, made once: no host-to-device copy per batch."""
+    shape, opts = (1, len(scale.mean), 1, 1), {"dtype": torch.float32, "device": device}
+    return (torch.tensor(float(scale.levels), **opts), torch.tensor(scale.mean, **opts).view(shape),
+            torch.tensor(scale.std, **opts).view(shape))
+
+
+PIXEL_LEVELS = {"pixel/255": 255, "pixel/16": 16}  # DatasetSplits.normalization["scale"] -> integer levels
+
+
 @dataclass
 class TensorData:
-    """Images ``x`` (N, C, H, W) float32 and integer labels ``y`` (N,)."""
+    """Images and integer labels ``y`` (N,).
 
-    x: torch.Tensor
+    ``images`` holds what the source gave: uint8 pixels when ``scale`` is set (1 byte a value;
+    models see ``scale.normalize`` of them, batch by batch), else float32 images used as they
+    are (arrays handed in as floats). ``rows`` (optional) selects and orders rows of ``images``:
+    subsets and class-incremental tasks share one copy of a dataset's pixels.
+
+    :meth:`batch` is how every consumer reads images (the training loop, evaluation, herding,
+    the deployer): float32 (B, C, H, W) on the device asked for. ``x`` builds all of them at
+    once (4 bytes a value), for small sets and for callers that want a plain tensor.
+    """
+
+    images: torch.Tensor
     y: torch.Tensor
+    scale: PixelScale | None = None
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(N, C, H, W) of the images this set holds."""
+        return (len(self), *self.images.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the images this set selects, as stored (uint8: 1 a value)."""
+        return len(self) * math.prod(self.images.shape[1:]) * self.images.element_size()
+
+    def stored(self, index: Any = None) -> torch.Tensor:
+        """The stored images (uint8 pixels, or floats) of ``index`` (rows of this set; None: all)."""
+        if self.rows is None:
+            return self.images if index is None else self.images[index]
+        return self.images[self.rows if index is None else self.rows[index]]
+
+    def batch(self, index: Any = None, device: torch.device | str | None = None,
+              non_blocking: bool = False) -> torch.Tensor:
+        """Float32 images (B, C, H, W) of ``index`` (a slice or index tensor; None: all) on ``device``
+        (default: where they are stored), normalised there. From the host to CUDA, the stored
+        bytes travel pinned and without blocking."""
+        stored = self.stored(index)
+        if device is not None and stored.device != torch.device(device):
+            if non_blocking:
+                stored = stored.pin_memory()
+            stored = stored.to(device, non_blocking=non_blocking)
+        return self.scale.normalize(stored) if self.scale is not None else stored
+
+    def batches(self, batch_size: int = 512, device: torch.device | str | None = None):
+        """(float images, labels) batch by batch, in order: evaluation without a float copy of the set."""
+        for i in range(0, len(self), batch_size):
+            yield self.batch(slice(i, i + batch_size), device), self.y[i: i + batch_size]
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Every image as float32 (N, C, H, W) — a new tensor of 4 bytes a value."""
+        return self.batch()
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        """This set with its selected rows stored on ``device`` (itself when they already are)."""
+        if self.images.device == torch.device(device) and self.y.device == torch.device(device):
+            return self
+        return TensorData(self.stored().to(device), self.y.to(device), self.scale)
+
     def subset(self, index: torch.Tensor | np.ndarray) -> "TensorData":
+        """Rows ``index`` of this set; shares the stored images (no copy)."""
         index = torch.as_tensor(index, dtype=torch.long)
-        return TensorData(self.x[index], self.y[index])
+        rows = index if self.rows is None else self.rows[index]
+        return TensorData(self.images, self.y[index], self.scale, rows)
+
+    def relabel(self, y: torch.Tensor) -> "TensorData":
+        """The same images with labels ``y``."""
+        return TensorData(self.images, y, self.scale, self.rows)
 
     @staticmethod
     def cat(parts: list["TensorData"]) -> "TensorData":
+        """One set of ``parts`` in order: rows of one shared store stay shared; parts stored alike
+        (same pixel scale) are joined as stored; a mix of scales is joined as float32."""
         parts = [p for p in parts if len(p)]
         if not parts:
             raise ValueError("nothing to concatenate")
-        return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+        y = torch.cat([p.y for p in parts])
+        first = parts[0]
+        if all(p.images is first.images and p.scale == first.scale for p in parts):
+            rows = torch.cat([p.rows if p.rows is not None else torch.arange(len(p.images)) for p in parts])
+            return TensorData(first.images, y, first.scale, rows)
+        if all(p.scale == first.scale for p in parts):
+            return TensorData(torch.cat([p.stored() for p in parts]), y, first.scale)
+        return TensorData(torch.cat([p.x for p in parts]), y)
 
 
 @dataclass
@@ -67,11 +186,11 @@ class DatasetSplits:
 
     @property
     def in_channels(self) -> int:
-        return int(self.train.x.shape[1])
+        return int(self.train.shape[1])
 
     @property
     def input_size(self) -> int:
-        return int(self.train.x.shape[-1])
+        return int(self.train.shape[-1])
 
 
 Loader = Callable[..., DatasetSplits]
@@ -97,9 +216,7 @@ def load_dataset(name: str, root: str | None = None, **kwargs) -> DatasetSplits:
     return DATASETS[name](root=root, **kwargs)
 
 
-def _standardize(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 class_names: list[str] | None = None) -> DatasetSplits:
-    """uint8/float arrays (N, C, H, W) in [0, 1] -> standardised tensors; stats from train only."""
+def _check_images(name: str, train_x: np.ndarray, test_x: np.ndarray) -> None:
     if train_x.ndim != 4 or test_x.ndim != 4 or train_x.shape[1:] != test_x.shape[1:]:
         raise CompactCLError(f"{name}: images must be (N, C, H, W) with the same shape in train and test; "
                              f"got {train_x.shape} and {test_x.shape}")
@@ -107,17 +224,38 @@ def _standardize(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np
         raise CompactCLError(f"{name}: images must be square, got {train_x.shape[2]}x{train_x.shape[3]}; resize them")
     if not len(train_x) or not len(test_x):
         raise CompactCLError(f"{name}: {len(train_x)} training and {len(test_x)} test images; both splits need images")
-    num_classes = _check_labels(name, train_y, test_y)
+
+
+def _float_stats(name: str, train_x: np.ndarray, test_x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of float images in [0, 1] (float32 arithmetic); NaN/inf refused."""
     # per channel, each channel's numbers computed exactly as one scalar over a 1-channel set was
     mean = [float(train_x[:, c].mean()) for c in range(train_x.shape[1])]
     _check_finite(name, "training", train_x, sum(mean))
     _check_finite(name, "test", test_x, float(test_x.sum()))
-    std = [float(train_x[:, c].std()) or 1.0 for c in range(train_x.shape[1])]
+    return mean, [float(train_x[:, c].std()) or 1.0 for c in range(train_x.shape[1])]
+
+
+def _standardize(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 class_names: list[str] | None = None) -> DatasetSplits:
+    """Float arrays (N, C, H, W) in [0, 1] -> standardised float32 tensors; stats from train only."""
+    _check_images(name, train_x, test_x)
+    num_classes = _check_labels(name, train_y, test_y)
+    mean, std = _float_stats(name, train_x, test_x)
     to_t = lambda a: torch.from_numpy(standardize_array(a, mean, std))  # noqa: E731
     return DatasetSplits(name, TensorData(to_t(train_x), torch.from_numpy(train_y.astype(np.int64))),
                          TensorData(to_t(test_x), torch.from_numpy(test_y.astype(np.int64))), num_classes,
                          class_names or [str(i) for i in range(num_classes)],
-                         {"scale": "pixel/255" if name != "digits" else "pixel/16", "mean": mean, "std": std})
+                         {"scale": "pixel/255", "mean": mean, "std": std})
+
+
+def _pixel_splits(name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                  num_classes: int, class_names: list[str] | None, normalization: dict[str, Any]) -> DatasetSplits:
+    """uint8 pixel arrays (N, C, H, W) kept as they are, with the scale ``normalization`` records."""
+    scale = PixelScale.of(normalization, train_x.shape[1])
+    train_x, test_x = (a if a.flags.writeable else a.copy() for a in (train_x, test_x))  # IDX bodies are read-only
+    data = lambda x, y: TensorData(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), scale)  # noqa: E731
+    return DatasetSplits(name, data(train_x, train_y), data(test_x, test_y), num_classes,
+                         class_names or [str(i) for i in range(num_classes)], normalization)
 
 
 def per_channel(value: float | list[float] | tuple[float, ...], channels: int) -> list[float]:
@@ -222,10 +360,16 @@ def digits(root: str | None = None, test_fraction: float = 0.2) -> DatasetSplits
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
+    # (N, 1, 8, 8), values 0..16; reshape, not [:, None]: a 0 stride on C would make convolutions pick
+    # the channels-last path (other rounding) for these 1-channel batches
+    pixels = bunch.images.astype(np.uint8).reshape(len(bunch.images), 1, 8, 8)
     y = bunch.target.astype(np.int64)
     tr, te = _stratified_split(y, test_fraction, seed=0)  # the data split is fixed, not the run's seed
-    return _standardize("digits", x[tr], y[tr], x[te], y[te])
+    _check_images("digits", pixels[tr], pixels[te])
+    num_classes = _check_labels("digits", y[tr], y[te])
+    mean, std = _float_stats("digits", pixels[tr].astype(np.float32) / np.float32(16), pixels[te])
+    return _pixel_splits("digits", pixels[tr], y[tr], pixels[te], y[te], num_classes, None,
+                         {"scale": "pixel/16", "mean": mean, "std": std})
 
 
 # --- IDX (the MNIST file format) -------------------------------------------------------------
@@ -308,9 +452,15 @@ def idx(root: str | None = None, hint: str = "", name: str = "idx",
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise CompactCLError(f"{base}: {split} images and labels differ in count; a file is truncated")
-    to_x = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731 - (N, 28, 28) -> (N, 1, 28, 28)
-    return _standardize(name, to_x(arrays["train_x"]), arrays["train_y"],  # labels checked as stored
-                        to_x(arrays["test_x"]), arrays["test_y"])
+    tx, vx = (a.reshape(len(a), 1, *a.shape[1:]) for a in (arrays["train_x"], arrays["test_x"]))  # (N, 1, H, W)
+    if tx.dtype != np.uint8 or vx.dtype != np.uint8:  # IDX of other types: float images, value / 255
+        to_x = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
+        return _standardize(name, to_x(tx), arrays["train_y"], to_x(vx), arrays["test_y"])
+    _check_images(name, tx, vx)
+    num_classes = _check_labels(name, arrays["train_y"], arrays["test_y"])  # labels checked as stored
+    # the float32 statistics IDX runs have always had (a transient float copy at load), so their numbers stay
+    mean, std = _float_stats(name, tx.astype(np.float32) / np.float32(255), vx)
+    return _pixel_splits(name, tx, arrays["train_y"], vx, arrays["test_y"], num_classes, None, {"scale": "pixel/255", "mean": mean, "std": std})
 
 
 @register_dataset("fashion-mnist")
@@ -332,12 +482,11 @@ def mnist(root: str | None = None) -> DatasetSplits:
 
 # --- image folders ---------------------------------------------------------------------------
 #
-# Memory bound: files are listed first and the float32 size of the result (4 bytes a value,
+# Memory bound: files are listed first and the size of the result (uint8, 1 byte a value,
 # N x C x S x S) is checked against ``max_in_memory_mb`` *before* anything is decoded. Photos
-# are decoded one at a time into a preallocated uint8 (N, C, S, S) cache (1 byte a value),
-# then standardised chunk by chunk into the float32 result: peak = 5 bytes a value + one
-# decoded photo. Above the limit, :func:`lazy_folder` keeps only file paths and decodes on
-# access (memory = the batch you index), for your own DataLoader.
+# are decoded once, one at a time, into a preallocated uint8 (N, C, S, S) array that the run
+# keeps: peak = 1 byte a value + one decoded photo. Above the limit, :func:`lazy_folder` keeps
+# only file paths and decodes on access (memory = the batch you index), for your own DataLoader.
 
 _CHUNK = 1024  # images standardised at a time: bounds the float temporaries
 
@@ -441,14 +590,16 @@ def _decode_all(files: list[Path], size: int, channels: int) -> np.ndarray:
 
 
 def _uint8_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of ``x / 255`` (N, C, S, S), exact (integer sums), chunked (no float copy of x)."""
+    """Per-channel mean and std of ``x / 255`` (N, C, S, S), exact: integer sums from a histogram of
+    the 256 pixel values per channel, chunk by chunk (no wide copy of x)."""
     channels = x.shape[1]
-    total, squares = [0] * channels, [0] * channels
+    counts = np.zeros((channels, 256), dtype=np.int64)
     for i in range(0, len(x), _CHUNK):
-        part = x[i: i + _CHUNK].astype(np.int64)
         for c in range(channels):
-            total[c] += int(part[:, c].sum())
-            squares[c] += int((part[:, c] * part[:, c]).sum())
+            counts[c] += np.bincount(x[i: i + _CHUNK, c].reshape(-1), minlength=256)
+    values = np.arange(256, dtype=np.int64)
+    total = [int(counts[c] @ values) for c in range(channels)]
+    squares = [int(counts[c] @ (values * values)) for c in range(channels)]
     return _stats_from_sums(total, squares, x.size // channels if channels else 0)
 
 
@@ -478,10 +629,11 @@ def _folder_files(root: str | None, test_fraction: float) -> tuple[Path, list[st
     base = Path(root).expanduser()
     if not base.is_dir():
         raise CompactCLError(f"data.root {base} is not a folder; point it at a folder with one sub-folder per class")
-    if (base / "train").is_dir() and (base / "test").is_dir():
+    held_out = next((base / n for n in ("test", "val") if (base / n).is_dir()), None)
+    if (base / "train").is_dir() and held_out is not None:  # train/ + test/ (or val/, as ImageNet ships)
         classes = [p.name for p in _class_dirs(base / "train")]
         tr_files, tr_y = _list_folder(base / "train", classes)
-        te_files, te_y = _list_folder(base / "test", classes)
+        te_files, te_y = _list_folder(held_out, classes)
         return base, classes, tr_files, tr_y, te_files, te_y
     classes = [p.name for p in _class_dirs(base)]
     if len(classes) < 2:
@@ -515,28 +667,27 @@ def _folder_normalization(image_size: int, channels: int, mean: list[float], std
 @register_dataset("folder")
 def folder(root: str | None = None, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2,
            max_in_memory_mb: float = DEFAULT_MAX_IN_MEMORY_MB) -> DatasetSplits:
-    """One sub-folder of images per class (``root/<class>/*.png``), or ``root/train`` + ``root/test``.
+    """One sub-folder of images per class (``root/<class>/*.png``), or ``root/train`` + ``root/test``
+    (or ``root/val``; ``test`` when both are there).
 
-    Images are resized to ``image_size`` squared, standardised with the training split's
-    per-channel mean and std (recorded in ``normalization``, one number per channel) and held in memory as float32. If that would take
-    more than ``max_in_memory_mb``, it refuses before decoding anything, with the fixes.
+    Images are decoded once, resized to ``image_size`` squared and held in memory as uint8
+    (1 byte a value); batches are standardised with the training split's per-channel mean and
+    std (recorded in ``normalization``, one number per channel). If the pixels would take more
+    than ``max_in_memory_mb``, it refuses before decoding anything, with the fixes.
     """
     _check_image_options(image_size, channels)
     base, classes, tr_files, tr_y, te_files, te_y = _folder_files(root, test_fraction)
     n = len(tr_files) + len(te_files)
-    need_mb = n * channels * image_size * image_size * 4 / 2 ** 20
+    need_mb = n * channels * image_size * image_size / 2 ** 20
     if need_mb > max_in_memory_mb:
         raise CompactCLError(
-            f"{base}: {n} images at {channels}x{image_size}x{image_size} take {need_mb:.0f} MB as float32, over "
-            f"max_in_memory_mb={max_in_memory_mb:g}. Lower data.options.image_size, raise "
-            "data.options.max_in_memory_mb if you have the memory (loading peaks at 1.25x that), or read the "
-            "images lazily with compactcl.data.datasets.lazy_folder() in your own DataLoader.")
+            f"{base}: {n} images at {channels}x{image_size}x{image_size} take {need_mb:.3g} MB as uint8 pixels, "
+            f"over max_in_memory_mb={max_in_memory_mb:g}. Lower data.options.image_size, raise "
+            "data.options.max_in_memory_mb if you have the memory, or read the images lazily with "
+            "compactcl.data.datasets.lazy_folder() in your own DataLoader.")
     tx, vx = _decode_all(tr_files, image_size, channels), _decode_all(te_files, image_size, channels)
     mean, std = _uint8_stats(tx)
-    train = TensorData(_to_float(tx, mean, std), torch.from_numpy(tr_y))
-    del tx
-    test = TensorData(_to_float(vx, mean, std), torch.from_numpy(te_y))
-    return DatasetSplits(f"folder:{base.name}", train, test, len(classes), classes,
+    return _pixel_splits(f"folder:{base.name}", tx, tr_y, vx, te_y, len(classes), classes,
                          _folder_normalization(image_size, channels, mean, std))
 
 
@@ -575,8 +726,9 @@ class LazyImages:
         return _to_float(u8, self.mean, self.std)  # (B, C, S, S)
 
     def materialize(self) -> TensorData:
-        """All images in memory as :class:`TensorData` (what :func:`folder` returns)."""
-        return TensorData(self[:], self.y.clone())
+        """All images in memory as :class:`TensorData`: uint8 pixels with their scale, as :func:`folder` holds them."""
+        pixels = torch.from_numpy(_decode_all(self.files, self.image_size, self.channels))
+        return TensorData(pixels, self.y.clone(), PixelScale(255, tuple(self.mean), tuple(self.std)))
 
 
 def lazy_folder(root: str | None = None, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2,

@@ -6,12 +6,13 @@ keeps ``size // C`` exemplars and old classes give up exemplars as new ones arri
 (iCaRL) orders exemplars so that any prefix best matches the class mean; removal drops from
 the end of that order.
 
-Exemplars are kept as what images are: uint8 pixels, 1 byte a value (the float32 standardised
-tensors the datasets hand out take 4), whenever the memory knows the dataset's
-``normalization`` (``scale`` pixel/255 or pixel/16, ``mean``, ``std``: one number per channel,
-or one for all in files written before); they are standardised
-again, with the dataset's own float32 arithmetic, when batched (:meth:`ExemplarMemory.data`).
-Images that came from 8-bit pixels round-trip bit for bit. ``bytes`` is the alternative to
+Exemplars are kept as what images are: uint8 pixels, 1 byte a value (float32 images take 4),
+whenever the memory knows the dataset's ``normalization`` (``scale`` pixel/255 or pixel/16,
+``mean``, ``std``: one number per channel, or one for all in files written before). Pixels of a
+dataset that keeps uint8 (:class:`~compactcl.data.datasets.PixelScale`) are copied as they are;
+float images are rounded to pixels (exact for images that came from 8-bit pixels).
+:meth:`ExemplarMemory.data` hands them out as uint8 with the dataset's scale, standardised per
+batch like the dataset's own images. ``bytes`` is the alternative to
 ``size``: the budget in bytes of stored pixels, ``size = bytes // (bytes of one image)``.
 """
 
@@ -26,19 +27,16 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .datasets import TensorData, per_channel, standardize_array
+from .datasets import PIXEL_LEVELS, PixelScale, TensorData, per_channel
 
 __all__ = ["ExemplarMemory", "herding", "extract_features", "encode_uint8", "decode_uint8", "pixel_levels"]
-
-_LEVELS = {"pixel/255": 255, "pixel/16": 16}  # the datasets' pixel scales (DatasetSplits.normalization)
-
 
 def pixel_levels(normalization: dict[str, Any] | None) -> int | None:
     """The integer pixel range (255, or 16 for sklearn's digits) behind ``normalization``, or None
     when the images cannot be stored as uint8 (unknown scale, no mean/std)."""
     if not normalization or not {"mean", "std"} <= set(normalization):
         return None
-    return _LEVELS.get(normalization.get("scale", ""))
+    return PIXEL_LEVELS.get(normalization.get("scale", ""))
 
 
 def encode_uint8(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
@@ -52,20 +50,19 @@ def encode_uint8(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor
 
 
 def decode_uint8(u: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
-    """uint8 pixels -> float32 standardised images, with the very float32 operations of
-    ``datasets._standardize`` (so 8-bit images come back bit-identical)."""
-    levels = pixel_levels(normalization)
-    a = u.numpy().astype(np.float32) / np.float32(levels)  # (N, C, H, W)
-    return torch.from_numpy(standardize_array(a, normalization["mean"], normalization["std"]))
+    """uint8 pixels (N, C, H, W) -> float32 standardised images: the dataset's own per-batch
+    normalisation (:class:`~compactcl.data.datasets.PixelScale`), so 8-bit images come back bit-identical."""
+    return PixelScale.of(normalization, u.shape[-3]).normalize(u)
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """L2-normalised features (N, D) of ``model.features``."""
+def extract_features(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = 512) -> torch.Tensor:
+    """L2-normalised features (N, D) of ``model.features``, batch by batch (float images or a data set)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    feats = torch.cat([model.features(x[i: i + batch_size].to(device)).float().cpu()
+    batch = x.batch if isinstance(x, TensorData) else lambda index, dev: x[index].to(dev)
+    feats = torch.cat([model.features(batch(slice(i, i + batch_size), device)).float().cpu()
                        for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return F.normalize(feats, dim=1)
@@ -124,42 +121,50 @@ class ExemplarMemory:
         """Bytes one (C, H, W) image takes in this memory."""
         return math.prod(shape) * (1 if self.codec == "uint8" else 4)
 
-    def _images(self, c: int) -> torch.Tensor:
-        xc = self.x[c]
-        return decode_uint8(xc, self.normalization) if xc.dtype == torch.uint8 else xc
+    def _scale(self, channels: int) -> PixelScale | None:
+        return PixelScale.of(self.normalization, channels)
 
-    def _store(self, x: torch.Tensor) -> torch.Tensor:
-        return encode_uint8(x, self.normalization) if self.codec == "uint8" else x.clone()
+    def _class_data(self, c: int) -> TensorData:
+        xc = self.x[c]
+        scale = self._scale(xc.shape[1]) if xc.dtype == torch.uint8 else None
+        return TensorData(xc, torch.full((len(xc),), c, dtype=torch.long), scale)
+
+    def _store(self, part: TensorData) -> torch.Tensor:
+        if self.codec != "uint8":
+            return part.x
+        if part.scale is not None and part.scale == self._scale(part.shape[1]):
+            return part.stored().clone()  # the dataset's own pixels
+        return encode_uint8(part.x, self.normalization)
 
     def data(self) -> TensorData | None:
+        """Every exemplar, by label (uint8 with the dataset's scale, or float32)."""
         if not self.x:
             return None
-        labels = sorted(self.x)
-        return TensorData(torch.cat([self._images(c) for c in labels]),
-                          torch.cat([torch.full((len(self.x[c]),), c, dtype=torch.long) for c in labels]))
+        parts = [self._class_data(c) for c in sorted(self.x)]
+        return TensorData.cat(parts) if len(self) else parts[0]
 
     def update(self, model: nn.Module, task_train: TensorData) -> None:
         """Shrink old classes to the new per-class quota, then add exemplars of the task's classes."""
         new_labels = sorted(int(c) for c in task_train.y.unique())
         if self.bytes is not None:
-            self.size = self.bytes // self.image_bytes(tuple(task_train.x.shape[1:]))
+            self.size = self.bytes // self.image_bytes(tuple(task_train.shape[1:]))
         n_classes = len(set(self.x) | set(new_labels))
         per_class = self.size // n_classes if n_classes else 0
         for c in list(self.x):
             self.x[c] = self.x[c][:per_class]
         rng = np.random.default_rng(self.seed + 1000 * n_classes)
         for c in new_labels:
-            xc = task_train.x[task_train.y == c]
+            xc = task_train.subset(torch.nonzero(task_train.y == c).flatten())
             if self.selection == "herding":
                 order = herding(extract_features(model, xc), per_class)
             else:
                 order = rng.permutation(len(xc))[:per_class].tolist()
-            self.x[c] = self._store(xc[order])
+            self.x[c] = self._store(xc.subset(order))
         self.compute_means(model)
 
     def compute_means(self, model: nn.Module) -> None:
         """Class means of normalised exemplar features, for the nearest-mean classifier."""
-        self.means = {c: F.normalize(extract_features(model, self._images(c)).mean(0), dim=0)
+        self.means = {c: F.normalize(extract_features(model, self._class_data(c)).mean(0), dim=0)
                       for c, xc in self.x.items() if len(xc)}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

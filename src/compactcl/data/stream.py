@@ -112,7 +112,7 @@ def class_incremental(dataset: DatasetSplits, tasks: int, classes_per_task: int 
     position[torch.tensor(class_order)] = torch.arange(dataset.num_classes)
 
     def relabel(d: TensorData) -> TensorData:
-        return TensorData(d.x, position[d.y])
+        return d.relabel(position[d.y])
 
     train_all, test_all = relabel(dataset.train), relabel(dataset.test)
     out, start = [], 0

@@ -1,5 +1,9 @@
 """The thin training loop every learner shares: in-memory tensors, seeded shuffles, one optimiser.
 
+Images stay as stored (uint8 pixels for datasets that have them): each batch is gathered,
+moved to the run's device and normalised there (:meth:`TensorData.batch`), then augmented
+there when asked (seeded, vectorised: :func:`~compactcl.data.datasets.augment_batch`).
+
 Scale and speed (issue 8), all off the hot path unless asked for:
 
 - **Several processes** (``torchrun --nproc_per_node=N``, see :mod:`compactcl.utils.distributed`):
@@ -11,8 +15,9 @@ Scale and speed (issue 8), all off the hot path unless asked for:
   gradient of the global batch exactly — also for a last batch that does not split evenly.
   (Batch-norm statistics stay per rank, as usual with DDP: models with batch norm agree with
   one process within a tolerance, models without it to float rounding.)
-- **CUDA**: the whole training set is copied to the GPU once when it fits
-  (``data_on_device``), otherwise batches go through pinned memory with non-blocking copies;
+- **CUDA**: the whole training set (as stored: 1 byte a value for pixels) is copied to the GPU
+  once when it fits (``data_on_device``), otherwise batches go through pinned memory with
+  non-blocking copies;
   ``bf16`` autocasts forward + loss, ``channels_last`` (default: on for conv models on CUDA)
   switches memory format, ``compile`` runs the loss step through ``torch.compile``.
 - **No per-step host sync on CUDA**: losses are summed on the device; the NaN/inf check reads
@@ -139,7 +144,7 @@ def _has_conv(model: nn.Module) -> bool:
 
 def _fits_on_device(data: TensorData, device: torch.device) -> bool:
     free, _ = torch.cuda.mem_get_info(device)
-    return (data.x.numel() * data.x.element_size() + data.y.numel() * data.y.element_size()) <= free // 2
+    return data.nbytes + data.y.numel() * data.y.element_size() <= free // 2
 
 
 def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig, desc: str = "train",
@@ -155,7 +160,7 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
     device = torch.device(dist.resolve_device(cfg.device))
     cuda = device.type == "cuda"
     world, rank = (dist.world_size(), dist.rank()) if dist.is_distributed() else (1, 0)
-    channels_last = (cuda if cfg.channels_last is None else cfg.channels_last) and data.x.dim() == 4 \
+    channels_last = (cuda if cfg.channels_last is None else cfg.channels_last) and len(data.shape) == 4 \
         and _has_conv(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -167,12 +172,9 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: augmenting keeps the shuffle
     on_device = not cuda or (cfg.data_on_device if cfg.data_on_device is not None else _fits_on_device(data, device))
-    if on_device:
-        x_all, y_all = data.x.to(device), data.y.to(device)
-    else:  # too big for the GPU: batches are gathered on the host, pinned, copied without blocking
-        x_all, y_all = data.x, data.y
-    if channels_last and on_device:
-        x_all = x_all.contiguous(memory_format=torch.channels_last)
+    # too big for the GPU: batches are gathered on the host, pinned, copied without blocking
+    source = data.to(device) if on_device else data
+    y_all = source.y
 
     step_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if world > 1 or cfg.compile:
@@ -221,13 +223,10 @@ def train(model: nn.Module, data: TensorData, loss_fn: LossFn, cfg: TrainConfig,
                         local = idx[:1]
                     idx = local
                 n = len(idx) if weight else 0
-                if on_device:
-                    xb, yb = x_all[idx], y_all[idx]
-                else:
-                    xb = x_all[idx].pin_memory().to(device, non_blocking=True)
-                    yb = y_all[idx].pin_memory().to(device, non_blocking=True)
-                    if channels_last:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
+                xb = source.batch(idx, device, non_blocking=not on_device)
+                yb = y_all[idx] if on_device else y_all[idx].pin_memory().to(device, non_blocking=True)
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 if cfg.augment:
                     from ..data.datasets import augment_batch
 
@@ -302,13 +301,15 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """Predicted labels (N,): argmax of the logits, or the nearest class mean when ``means`` is given."""
+def predict(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = 512,
+            means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Predicted labels (N,) of float images or a data set, batch by batch: argmax of the logits,
+    or the nearest class mean when ``means`` is given."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(x), batch_size):
-        xb = x[i: i + batch_size].to(device)
+        xb = x.batch(slice(i, i + batch_size), device) if isinstance(x, TensorData) else x[i: i + batch_size].to(device)
         if means:
             labels = sorted(means)
             feats = torch.nn.functional.normalize(model.features(xb).float(), dim=1)
@@ -322,4 +323,4 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, means: dic
 def accuracy(model: nn.Module, data: TensorData, means: dict[int, torch.Tensor] | None = None) -> float:
     if len(data) == 0:
         return float("nan")
-    return float((predict(model, data.x, means=means) == data.y).float().mean())
+    return float((predict(model, data, means=means) == data.y).float().mean())

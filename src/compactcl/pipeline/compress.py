@@ -416,8 +416,8 @@ def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget, li
     if limit is not None and nbytes > limit:
         problems.append(f"deployed.onnx is {nbytes} bytes, over the budget of {limit}")
     if int8:
-        calib = TensorData.cat([t.train for t in ctx.seen]).x
-        calib = calib[torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))[:512]]
+        seen = TensorData.cat([t.train for t in ctx.seen])
+        calib = seen.batch(torch.randperm(len(seen), generator=torch.Generator().manual_seed(0))[:512])
         try:
             q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
                                calib_x=calib, latency=False, max_int8_drop=1.0)

@@ -163,7 +163,7 @@ def _confusion(model: nn.Module, tasks: list[Task], class_order: list[int]) -> d
     in output order; ``classes`` names each output's dataset class id."""
     test = TensorData.cat([t.test for t in tasks])
     k = sum(len(t.labels) for t in tasks)
-    pred = predict(model, test.x).clamp(0, k - 1)
+    pred = predict(model, test).clamp(0, k - 1)
     matrix = torch.zeros(k, k, dtype=torch.long)
     matrix.index_put_((test.y, pred), torch.ones_like(pred), accumulate=True)
     return {"classes": [class_order[i] for i in range(k)], "matrix": matrix.tolist()}

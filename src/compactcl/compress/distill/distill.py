@@ -152,10 +152,11 @@ class _StudentWithAdapters(nn.Module):
 
 
 @torch.no_grad()
-def _teacher_outputs(tap: _OutputsWithHints, x: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _teacher_outputs(tap: _OutputsWithHints, data: TensorData, device: torch.device | str,
+                     batch_size: int = 512) -> tuple[torch.Tensor, list[torch.Tensor]]:
     logits, hints = [], []
-    for i in range(0, len(x), batch_size):
-        lg, hs = tap(x[i: i + batch_size])
+    for i in range(0, len(data), batch_size):
+        lg, hs = tap(data.batch(slice(i, i + batch_size), device))
         logits.append(lg.float())
         hints.append([h.float() for h in hs])
     return torch.cat(logits), [torch.cat(col) for col in zip(*hints)] if hints and hints[0] else []
@@ -183,7 +184,7 @@ def distill(teacher: nn.Module, student: nn.Module, data: TensorData, config: Di
     t_tap = _OutputsWithHints(teacher, [t for _, t in cfg.hints], "teacher")
     try:
         # One probe batch: check the class counts and size the adapters before training starts.
-        probe = data.x[: min(len(data), 2)].to(device)
+        probe = data.batch(slice(0, min(len(data), 2)), device)
         student.eval()
         with torch.no_grad():
             t_logits, t_hints = t_tap(probe)
@@ -199,10 +200,10 @@ def distill(teacher: nn.Module, student: nn.Module, data: TensorData, config: Di
         n_hint_values = sum(t[0].numel() for t in t_hints)
         cache = cfg.cache_teacher and len(data) * (t_logits.shape[1] + n_hint_values) * 4 <= _MAX_CACHE_BYTES
         if cache:
-            cached_logits, cached_hints = _teacher_outputs(t_tap, data.x.to(device))
+            cached_logits, cached_hints = _teacher_outputs(t_tap, data, device)
             labels = data.y.to(device)
             # The loop hands the loss (x, index): the index looks up the label and the teacher's outputs.
-            train_data = TensorData(data.x, torch.arange(len(data)))
+            train_data = data.relabel(torch.arange(len(data)))
         else:
             train_data = data
 

@@ -202,7 +202,7 @@ def accumulate_grads(model: nn.Module, data: TensorData, loss_fn: LossFn = cross
     model.zero_grad(set_to_none=True)
     device = next(model.parameters()).device
     for i in range(0, min(len(data), batches * batch_size), batch_size):
-        loss_fn(model, data.x[i: i + batch_size].to(device), data.y[i: i + batch_size].to(device)).backward()
+        loss_fn(model, data.batch(slice(i, i + batch_size), device), data.y[i: i + batch_size].to(device)).backward()
 
 
 def _grads_if_needed(model: nn.Module, importance: str, data: PruneData, method: str) -> None:
