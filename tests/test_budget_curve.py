@@ -94,7 +94,7 @@ def test_the_new_learners_and_compactcls_point_keep_within_one_budget(tmp_path, 
     monkeypatch.setattr(html, "write_report", lambda out: None)
     out, budget = tmp_path / "curve", 12_000
     args = ["compare", str(DATA / "tiny-budget.yaml"), "--learners", "wa,foster,memo,bic,compactcl",
-            "--budgets", str(budget), "--seeds", "0", "--model-fractions", "0.1,0.4", "--out", str(out),
+            "--budgets", str(budget), "--seeds", "0", "--model-fractions", "0.03,0.4", "--out", str(out),
             "--set", "data.tasks=2", "--set", "learner.epochs=4", "--json"]
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -111,10 +111,10 @@ def test_the_new_learners_and_compactcls_point_keep_within_one_budget(tmp_path, 
         assert last["bytes"]["learner_total"] == last["bytes"]["fp32"] + last["bytes"]["exemplars"] <= budget
         assert last["bytes"]["exemplars"] == 64 * last["exemplars"]  # uint8 8x8 digits
         assert p["average_accuracy"]["mean"] > chance + 0.1, (name, p["average_accuracy"])
-    # compactcl: 10% of 12 kB cannot hold the .ccl (its header alone is ~2.7 kB): that share does not fit
+    # compactcl: 3% of 12 kB (360 B) cannot hold the .ccl (its frame alone is ~0.5 kB): that share does not fit
     p = pts["compactcl"]
     tried = {t["model_fraction"]: t for t in p["split_selection"]["tried"]}
-    assert not tried[0.1]["fits"] and "over the budget of 1200 bytes" in tried[0.1]["reason"]
+    assert not tried[0.03]["fits"] and "over the budget of 360 bytes" in tried[0.03]["reason"]
     assert p["fits"] and p["scored"] == "deployed" and p["model_fraction"] == 0.4
     run_dir = out / f"compactcl-{budget}B-m0.4-seed0"
     run = json.loads((run_dir / "metrics.json").read_text())
