@@ -171,19 +171,22 @@ class DecodeGraph:
         packed = pack_bits(np.concatenate([flat, np.zeros(total - n, flat.dtype)]), bits)
         if bits == 8:
             codes = self.op("Cast", [self.const(packed)], to=TensorProto.INT64)
-        else:
+        elif 8 % bits == 0:  # whole codes per byte: shift each slot down and mask it (no bit planes to sum)
             col = self.const(packed.reshape(-1, 1))
-            shifts = self.const(np.arange(8, dtype=np.uint8)[None, :], key="shifts")
+            shifts = self.const(np.arange(0, 8, bits, dtype=np.uint8)[None, :], key=f"slots{bits}")
+            slots = self.op("BitwiseAnd", [self.op("BitShift", [col, shifts], direction="RIGHT"),
+                                           self.const(np.array((1 << bits) - 1, dtype=np.uint8), key=f"low{bits}")])
+            codes = self.op("Cast", [self.op("Reshape", [slots, self.shape((-1,))])], to=TensorProto.INT64)
+        else:  # codes straddle bytes: unpack bit planes, weight and sum them per code
+            col = self.const(packed.reshape(-1, 1))
+            shifts = self.const(np.arange(8, dtype=np.uint8)[None, :], key="slots1")
             bitplanes = self.op("BitwiseAnd", [self.op("BitShift", [col, shifts], direction="RIGHT"),
-                                               self.const(np.array(1, dtype=np.uint8), key="one_u8")])
-            if bits == 1:
-                codes = self.op("Cast", [self.op("Reshape", [bitplanes, self.shape((-1,))])], to=TensorProto.INT64)
-            else:
-                planes = self.op("Cast", [self.op("Reshape", [bitplanes, self.shape((-1, bits))])],
-                                 to=TensorProto.INT64)
-                weights = self.const((1 << np.arange(bits, dtype=np.int64))[None, :])
-                codes = self.op("ReduceSum", [self.op("Mul", [planes, weights]),
-                                              self.const(np.array([1], np.int64), key="axis1")], keepdims=0)
+                                               self.const(np.array(1, dtype=np.uint8), key="low1")])
+            planes = self.op("Cast", [self.op("Reshape", [bitplanes, self.shape((-1, bits))])],
+                             to=TensorProto.INT64)
+            weights = self.const((1 << np.arange(bits, dtype=np.int64))[None, :])
+            codes = self.op("ReduceSum", [self.op("Mul", [planes, weights]),
+                                          self.const(np.array([1], np.int64), key="axis1")], keepdims=0)
         self._split(codes, [(len(c), shape, out) for c, shape, out in items], total)
 
     def _emit_halves(self) -> None:
