@@ -32,10 +32,11 @@ class DecodeGraph:
     """Collects the nodes and initializers of every layer's decode, with short unique names
     (names are bytes in a file counted against a budget) and shared constants.
 
-    Codes and fp16 values are *deferred*: :meth:`codes` and :meth:`half` return a tensor name at
-    once, and :meth:`finish` stores all codes of one bit width as one packed blob (one unpack, then
-    ``Split``) and all fp16 values as one blob (one ``Cast``, then ``Split``) — per-tensor framing
-    and decode nodes would otherwise cost more bytes than a small model's codes.
+    Codes, fp16 values and small int64 tensors are *deferred*: :meth:`codes`, :meth:`half` and
+    :meth:`ints` return a tensor name at once, and :meth:`finish` stores all codes of one bit width
+    as one packed blob (one unpack, then ``Split``), all fp16 values as one blob (one ``Cast``,
+    then ``Split``) and all shapes and split sizes as one int8/int16 blob (likewise) — per-tensor
+    framing and decode nodes would otherwise cost more bytes than a small model's codes.
     """
 
     def __init__(self, prefix: str = "q") -> None:
