@@ -233,10 +233,12 @@ def deploy_metadata(meta: Mapping[str, Any], input_shape: tuple[int, int, int], 
     """``metadata_props`` of a deployed ONNX: :func:`describe` as strings, plus the sha256 of ``source``
     (the ``.ccl`` it was made from)."""
     d = describe(meta, input_shape)
-    props = {"class_names": json.dumps(d["class_names"]), "class_ids": json.dumps(d["class_ids"]),
+    compact = (",", ":")  # JSON without spaces: the file's bytes count against the budget
+    props = {"class_names": json.dumps(d["class_names"], separators=compact),
+             "class_ids": json.dumps(d["class_ids"], separators=compact),
              "input_layout": d["input"]["layout"], "input_channels": str(d["input"]["channels"]),
              "input_size": str(d["input"]["size"]),
-             "normalization": json.dumps(d["normalization"], separators=(",", ":")),
+             "normalization": json.dumps(d["normalization"], separators=compact),
              "task": "" if d["task"] is None else str(d["task"]), "recipe": str(d["recipe"] or ""),
              "compactcl_version": d["compactcl_version"]}
     if source is not None:
