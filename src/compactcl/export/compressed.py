@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import warnings
@@ -100,22 +101,26 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "Conv": {"group": 1, "dilations": 1, "strides": 1, "pads": 0},
     "MaxPool": {"ceil_mode": 0, "dilations": 1, "strides": 1, "pads": 0},
     "AveragePool": {"ceil_mode": 0, "strides": 1, "pads": 0},
-    "BatchNormalization": {"training_mode": 0, "momentum": None},  # momentum is unused in inference
+    "BatchNormalization": {"training_mode": 0, "momentum": None,  # momentum is unused in inference
+                           "epsilon": float(np.float32(1e-5))},
     "Gemm": {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
     "Flatten": {"axis": 1},
 }
+# attributes the spec infers from an input when absent (Conv's kernel from its weight's shape)
+_INFERRED: dict[str, set[str]] = {"Conv": {"kernel_shape"}}
+_NAME_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _drop_defaults(node: Any) -> None:
     from onnx import helper
 
-    defaults = _DEFAULTS.get(node.op_type, {})
+    defaults, inferred = _DEFAULTS.get(node.op_type, {}), _INFERRED.get(node.op_type, set())
     keep = []
     for a in node.attribute:
         value = helper.get_attribute_value(a)
         d = defaults.get(a.name, ...)
         same = d is None or (isinstance(value, list) and value and all(v == d for v in value)) or value == d
-        if a.name in defaults and same:
+        if (a.name in defaults and same) or a.name in inferred:
             continue
         keep.append(a)
     if len(keep) != len(node.attribute):
@@ -123,36 +128,47 @@ def _drop_defaults(node: Any) -> None:
         node.attribute.extend(keep)
 
 
-def _shorten(mp: Any) -> None:
-    """Short value names, no node names, doc strings, default attributes or value_info: bytes a budget counts."""
-    keep = {v.name for v in mp.graph.input} | {v.name for v in mp.graph.output}
-    names: dict[str, str] = {}
+def _short_names(count: int, taken: set[str]) -> list[str]:
+    """``count`` distinct names, shortest first (1 character, then 2, ...), none in ``taken``."""
+    out: list[str] = []
+    for length in itertools.count(1):
+        for chars in itertools.product(_NAME_CHARS, repeat=length):
+            if len(out) == count:
+                return out
+            if "".join(chars) not in taken:
+                out.append("".join(chars))
+    raise AssertionError("unreachable")
 
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        if name not in names:
-            n, s = len(names), ""
-            while True:
-                s = "0123456789abcdefghijklmnopqrstuvwxyz"[n % 36] + s
-                n //= 36
-                if not n:
-                    break
-            names[name] = "t" + s
-        return names[name]
+
+def _shorten(mp: Any) -> None:
+    """Short value names (the most used get one character), no node names, producer, doc strings,
+    default or inferable attributes or value_info: bytes a budget counts."""
+    from collections import Counter
+
+    keep = {v.name for v in mp.graph.input} | {v.name for v in mp.graph.output}
+    uses: Counter[str] = Counter()
+    for init in mp.graph.initializer:
+        uses[init.name] += 1
+    for node in mp.graph.node:
+        uses.update(node.input)
+        uses.update(node.output)
+    order = [n for n, _ in sorted(uses.items(), key=lambda kv: -kv[1]) if n and n not in keep]  # stable: ties by first use
+    names = dict(zip(order, _short_names(len(order), keep)))
+    names.update({n: n for n in keep} | {"": ""})
 
     for init in mp.graph.initializer:
-        init.name = short(init.name)
+        init.name = names[init.name]
         init.doc_string = ""
     for node in mp.graph.node:
         node.name, node.doc_string = "", ""
         _drop_defaults(node)
         for i, name in enumerate(node.input):
-            node.input[i] = short(name)
+            node.input[i] = names[name]
         for i, name in enumerate(node.output):
-            node.output[i] = short(name)
+            node.output[i] = names[name]
     del mp.graph.value_info[:]
     mp.graph.name, mp.graph.doc_string, mp.doc_string = "g", "", ""
+    mp.producer_name, mp.producer_version = "", ""
 
 
 def _write(mp: Any, path: str | os.PathLike, metadata: Mapping[str, str] | None) -> int:
@@ -217,10 +233,12 @@ def deploy_metadata(meta: Mapping[str, Any], input_shape: tuple[int, int, int], 
     """``metadata_props`` of a deployed ONNX: :func:`describe` as strings, plus the sha256 of ``source``
     (the ``.ccl`` it was made from)."""
     d = describe(meta, input_shape)
-    props = {"class_names": json.dumps(d["class_names"]), "class_ids": json.dumps(d["class_ids"]),
+    compact = (",", ":")  # JSON without spaces: the file's bytes count against the budget
+    props = {"class_names": json.dumps(d["class_names"], separators=compact),
+             "class_ids": json.dumps(d["class_ids"], separators=compact),
              "input_layout": d["input"]["layout"], "input_channels": str(d["input"]["channels"]),
              "input_size": str(d["input"]["size"]),
-             "normalization": json.dumps(d["normalization"], separators=(",", ":")),
+             "normalization": json.dumps(d["normalization"], separators=compact),
              "task": "" if d["task"] is None else str(d["task"]), "recipe": str(d["recipe"] or ""),
              "compactcl_version": d["compactcl_version"]}
     if source is not None:

@@ -32,10 +32,11 @@ class DecodeGraph:
     """Collects the nodes and initializers of every layer's decode, with short unique names
     (names are bytes in a file counted against a budget) and shared constants.
 
-    Codes and fp16 values are *deferred*: :meth:`codes` and :meth:`half` return a tensor name at
-    once, and :meth:`finish` stores all codes of one bit width as one packed blob (one unpack, then
-    ``Split``) and all fp16 values as one blob (one ``Cast``, then ``Split``) — per-tensor framing
-    and decode nodes would otherwise cost more bytes than a small model's codes.
+    Codes, fp16 values and small int64 tensors are *deferred*: :meth:`codes`, :meth:`half` and
+    :meth:`ints` return a tensor name at once, and :meth:`finish` stores all codes of one bit width
+    as one packed blob (one unpack, then ``Split``), all fp16 values as one blob (one ``Cast``,
+    then ``Split``) and all shapes and split sizes as one int8/int16 blob (likewise) — per-tensor
+    framing and decode nodes would otherwise cost more bytes than a small model's codes.
     """
 
     def __init__(self, prefix: str = "q") -> None:
@@ -46,6 +47,7 @@ class DecodeGraph:
         self._shared: dict[str, str] = {}
         self._codes: dict[int, list[tuple[np.ndarray, tuple[int, ...], str]]] = {}
         self._halves: list[tuple[np.ndarray, str]] = []
+        self._ints: list[tuple[np.ndarray, str]] = []
 
     # ------------------------------------------------------------------------------- basics
     def name(self) -> str:
@@ -66,7 +68,20 @@ class DecodeGraph:
 
     def shape(self, dims: tuple[int, ...] | list[int]) -> str:
         dims = tuple(int(d) for d in dims)
-        return self.const(np.array(dims, dtype=np.int64), key=f"shape{dims}")
+        key = f"shape{dims}"
+        if key not in self._shared:
+            self._shared[key] = self.ints(np.array(dims, dtype=np.int64))
+        return self._shared[key]
+
+    def ints(self, a: np.ndarray) -> str:
+        """1-D int64 ``a`` (shapes, split sizes), read from the shared small-integer blob when its
+        values fit int16 (the blob is stored at int8/int16 and widened by one ``Cast``)."""
+        a = np.asarray(a, dtype=np.int64).reshape(-1)
+        if not a.size or np.abs(a).max() > np.iinfo(np.int16).max:
+            return self.const(a)
+        out = self.name()
+        self._ints.append((a, out))
+        return out
 
     def op(self, op_type: str, inputs: list[str], out: str | list[str] | None = None, **attrs: Any) -> str:
         from onnx import helper
@@ -138,12 +153,15 @@ class DecodeGraph:
             self._emit_codes(bits, items)
         if self._halves:
             self._emit_halves()
-        self._codes, self._halves = {}, []
-        nodes, self.nodes = self.nodes + head_nodes, []
+        body, self.nodes = self.nodes, []
+        self._emit_ints()  # last: every shape and split size is known now; its decode goes first
+        self._codes, self._halves, self._ints = {}, [], []
+        nodes, self.nodes = self.nodes + body + head_nodes, []
         return nodes, self.initializers
 
-    def _split(self, flat: str, parts: list[tuple[int, tuple[int, ...], str]], total: int) -> None:
-        """Cut the 1-D ``flat`` (``total`` long) into ``parts`` (size, shape, output name)."""
+    def _split(self, flat: str, parts: list[tuple[int, tuple[int, ...], str]], total: int, blob: bool = True) -> None:
+        """Cut the 1-D ``flat`` (``total`` long) into ``parts`` (size, shape, output name); the
+        sizes come from the small-integer blob unless ``blob`` is False (the blob's own split)."""
         sizes = [n for n, _, _ in parts]
         pad = total - sum(sizes)
         # a 1-D part is a Split output itself; others are reshaped from one
@@ -155,8 +173,8 @@ class DecodeGraph:
                 pieces = [flat]
         else:
             names = pieces + ([self.name()] if pad else [])
-            self.op("Split", [flat, self.const(np.array(sizes + ([pad] if pad else []), np.int64))], out=names,
-                    axis=0)
+            sizes_arr = np.array(sizes + ([pad] if pad else []), np.int64)
+            self.op("Split", [flat, self.ints(sizes_arr) if blob else self.const(sizes_arr)], out=names, axis=0)
         for piece, (n, shape, out) in zip(pieces, parts):
             if piece != out:
                 self.op("Reshape", [piece, self.shape(shape)], out=out)
@@ -171,19 +189,22 @@ class DecodeGraph:
         packed = pack_bits(np.concatenate([flat, np.zeros(total - n, flat.dtype)]), bits)
         if bits == 8:
             codes = self.op("Cast", [self.const(packed)], to=TensorProto.INT64)
-        else:
+        elif 8 % bits == 0:  # whole codes per byte: shift each slot down and mask it (no bit planes to sum)
             col = self.const(packed.reshape(-1, 1))
-            shifts = self.const(np.arange(8, dtype=np.uint8)[None, :], key="shifts")
+            shifts = self.const(np.arange(0, 8, bits, dtype=np.uint8)[None, :], key=f"slots{bits}")
+            slots = self.op("BitwiseAnd", [self.op("BitShift", [col, shifts], direction="RIGHT"),
+                                           self.const(np.array((1 << bits) - 1, dtype=np.uint8), key=f"low{bits}")])
+            codes = self.op("Cast", [self.op("Reshape", [slots, self.shape((-1,))])], to=TensorProto.INT64)
+        else:  # codes straddle bytes: unpack bit planes, weight and sum them per code
+            col = self.const(packed.reshape(-1, 1))
+            shifts = self.const(np.arange(8, dtype=np.uint8)[None, :], key="slots1")
             bitplanes = self.op("BitwiseAnd", [self.op("BitShift", [col, shifts], direction="RIGHT"),
-                                               self.const(np.array(1, dtype=np.uint8), key="one_u8")])
-            if bits == 1:
-                codes = self.op("Cast", [self.op("Reshape", [bitplanes, self.shape((-1,))])], to=TensorProto.INT64)
-            else:
-                planes = self.op("Cast", [self.op("Reshape", [bitplanes, self.shape((-1, bits))])],
-                                 to=TensorProto.INT64)
-                weights = self.const((1 << np.arange(bits, dtype=np.int64))[None, :])
-                codes = self.op("ReduceSum", [self.op("Mul", [planes, weights]),
-                                              self.const(np.array([1], np.int64), key="axis1")], keepdims=0)
+                                               self.const(np.array(1, dtype=np.uint8), key="low1")])
+            planes = self.op("Cast", [self.op("Reshape", [bitplanes, self.shape((-1, bits))])],
+                             to=TensorProto.INT64)
+            weights = self.const((1 << np.arange(bits, dtype=np.int64))[None, :])
+            codes = self.op("ReduceSum", [self.op("Mul", [planes, weights]),
+                                          self.const(np.array([1], np.int64), key="axis1")], keepdims=0)
         self._split(codes, [(len(c), shape, out) for c, shape, out in items], total)
 
     def _emit_halves(self) -> None:
@@ -192,3 +213,19 @@ class DecodeGraph:
         blob = np.concatenate([h.reshape(-1) for h, _ in self._halves])
         flat = self.op("Cast", [self.const(blob)], to=TensorProto.FLOAT)
         self._split(flat, [(h.size, tuple(h.shape), out) for h, out in self._halves], blob.size)
+
+    def _emit_ints(self) -> None:
+        """The deferred int64 tensors: one int8/int16 blob, ``Cast`` and ``Split`` (sizes int64),
+        when that is smaller than plain int64 initializers (~12 bytes of framing each)."""
+        from onnx import TensorProto, numpy_helper
+
+        items, self._ints = self._ints, []
+        blob = np.concatenate([a for a, _ in items]) if items else np.zeros(0, np.int64)
+        dtype = np.int8 if blob.size and np.abs(blob).max() <= np.iinfo(np.int8).max else np.int16
+        plain = sum(8 * a.size + 12 for a, _ in items)
+        packed = blob.size * np.dtype(dtype).itemsize + 8 * len(items) + 12 * 2 + 30 + 4 * len(items)
+        if packed >= plain:
+            self.initializers.extend(numpy_helper.from_array(a, out) for a, out in items)
+            return
+        flat = self.op("Cast", [self.const(blob.astype(dtype))], to=TensorProto.INT64)
+        self._split(flat, [(a.size, (a.size,), out) for a, out in items], blob.size, blob=False)
