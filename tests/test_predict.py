@@ -89,3 +89,21 @@ def test_bad_inputs_are_clear_errors(deployed, tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and argv[-1 if "metadata" not in words else 0] in err
     assert main(["predict", str(d / "deployed.onnx"), str(tmp_path / "big.png"), "--resize"]) == 0
+
+
+def test_a_run_folder_means_its_deployed_onnx(deployed, tmp_path, capsys):
+    d, _, _ = deployed
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "deployed.ccl").write_bytes((d / "deployed.ccl").read_bytes())
+    png = str(d / "imgs" / "03.png")
+    assert main(["predict", str(run), png, "--json"]) == 0  # only the .ccl: it is used
+    from_ccl = json.loads(capsys.readouterr().out)
+    (run / "final" / "deployed.onnx").write_bytes((d / "deployed.onnx").read_bytes())
+    assert main(["predict", str(run), png, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert f"using {run / 'final' / 'deployed.onnx'}" in captured.err
+    from_onnx = json.loads(captured.out)
+    assert from_onnx[0]["class"] == from_ccl[0]["class"]
+    assert main(["predict", str(tmp_path), png]) == 2  # a folder without final/deployed.*
+    assert "without final/deployed.onnx" in capsys.readouterr().err

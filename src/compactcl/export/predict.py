@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import CompactCLError
 
-__all__ = ["Prediction", "Predictor", "read_inputs", "IMAGE_SUFFIXES"]
+__all__ = ["Prediction", "Predictor", "deployed_file", "read_inputs", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 MAX_PIXELS = 2 ** 26  # as data/: a small file must not decode to gigabytes
@@ -117,6 +117,19 @@ def read_inputs(paths: list[str | os.PathLike], channels: int, size: int, resize
     return names, np.stack(xs).astype(np.float32)
 
 
+def deployed_file(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for a run folder the deployed model a device would run: ``final/deployed.onnx``,
+    else ``final/deployed.ccl``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("deployed.onnx", "deployed.ccl"):
+        if (path / "final" / name).is_file():
+            return path / "final" / name
+    raise CompactCLError(f"{path} is a folder without final/deployed.onnx or final/deployed.ccl; pass a run folder "
+                         "written by `compactcl run` with a compress: section, or a deployed .onnx/.ccl file")
+
+
 class Predictor:
     """A model file with what it needs to classify images: :func:`describe`'s fields and a logits function."""
 
@@ -125,7 +138,9 @@ class Predictor:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Predictor":
-        path = Path(path)
+        """A deployed ``.onnx`` (ONNX Runtime) or ``.ccl`` (PyTorch); a run folder means its
+        ``final/deployed.onnx`` (else ``final/deployed.ccl``), as on the command line."""
+        path = deployed_file(path)
         if not path.is_file():
             raise CompactCLError(f"no such model file: {path}; pass a deployed.onnx or deployed.ccl")
         if path.suffix.lower() == ".onnx":
