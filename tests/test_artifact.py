@@ -326,3 +326,25 @@ def test_kmeans_codebook_keeps_the_used_entries_and_the_reserved_zero(tmp_path):
     loaded = load_artifact(tmp_path / "z.ccl")
     assert torch.equal(loaded.head.weight, net.head.weight) and torch.equal(loaded.head.weight[0, :3], torch.zeros(3))
     assert quantized_layers(loaded)["head"].options["zero_code"] == zc
+
+
+def test_a_crafted_layer_table_is_refused_before_any_model_is_built(tmp_path):
+    """DEFLATE makes layer entries nearly free: 40,000 of them and an MLP spec of 20,000 hidden layers fit in
+    ~1 KB; the table's length is checked before the spec's model is built (it once took GBs)."""
+    import time
+
+    from compactcl.errors import CompactCLError
+    from compactcl.export.artifact import FORMAT, MAX_LAYER_ENTRIES, load_artifact
+    from compactcl.utils.frame import pack_frame
+
+    n = MAX_LAYER_ENTRIES
+    spec = {"kind": "single", "backbone": "mlp", "backbone_kwargs": {"hidden": [1] * n}, "in_channels": 1,
+            "input_size": 8, "num_classes": 2}
+    path = tmp_path / "bomb.ccl"
+    path.write_bytes(pack_frame({"format": FORMAT, "spec": spec, "meta": {}, "n": [0, 0, 0],
+                                 "layers": [{}] * (2 * n + 4)}, b""))
+    assert path.stat().st_size < 4096
+    start = time.perf_counter()
+    with pytest.raises(CompactCLError, match="over the limit"):
+        load_artifact(path)
+    assert time.perf_counter() - start < 2.0

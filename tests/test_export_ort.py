@@ -111,3 +111,12 @@ def test_cli_bad_ort_requests_exit_2(run_folder, tmp_path, capsys, argv, message
     assert main(["export", str(run_folder), *argv, "--no-latency"]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_ort_names_append_to_the_stem_and_never_collide(tmp_path):
+    paths = ort_paths(tmp_path / "model.v1.ort")
+    assert paths["dense"]["model"].name == "model.v1.ort" and paths["codes"]["model"].name == "model.v1.codes.ort"
+    assert paths["codes"]["config"].name == "model.v1.codes.required_operators.config"
+    from compactcl.errors import CompactCLError
+    with pytest.raises(CompactCLError, match="name the dense file"):
+        ort_paths(tmp_path / "a.codes.ort")  # its codes twin would be itself

@@ -223,11 +223,18 @@ def _compact_layers(entries: list[dict[str, Any]], keys: list[str], shapes: dict
                        for e, key in zip(entries, keys)]}
 
 
+# Tensors a /3 layer table may list (a 10-branch DER ResNet-32 has ~2,000): bounds the model a spec builds.
+MAX_LAYER_ENTRIES = 16_384
+
+
 def _expand_layers(header: dict[str, Any], source: str) -> dict[str, dict[str, dict[str, Any]]]:
     """The /2-style layer table (module -> tensor -> entry with its shape) of a /3 header."""
     entries, keys = header.get("layers"), header.get("keys")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise CompactCLError(f"{source}: its header has no valid layer table; the artifact is corrupted.")
+    if len(entries) > MAX_LAYER_ENTRIES:  # before the spec's model is built: DEFLATE makes entries nearly free
+        raise CompactCLError(f"{source}: its layer table has {len(entries):,} entries, over the limit of "
+                             f"{MAX_LAYER_ENTRIES:,} tensors; the artifact is corrupted or crafted.")
     if keys is None:
         layout = spec_layout(header.get("spec"), len(entries), source)
         if layout is None:

@@ -47,8 +47,11 @@ def ort_paths(out: str | os.PathLike) -> dict[str, dict[str, Path]]:
     out = Path(out)
     if out.suffix != ".ort":
         raise CompactCLError(f"{out}: an ORT-format model file ends in .ort; pass e.g. --out deployed.ort")
-    stem = out.with_suffix("")
-    return {form: {"model": out if form == "dense" else stem.with_suffix(f".{form}.ort"),
+    if any(out.name.endswith(f".{form}.ort") for form in ORT_FORMS if form != "dense"):
+        raise CompactCLError(f"{out}: name the dense file (e.g. --out deployed.ort); its codes twin is written beside "
+                             "it as deployed.codes.ort")
+    stem = out.with_name(out.name[: -len(".ort")])  # a.v1.ort -> a.v1 (with_suffix would drop the .v1)
+    return {form: {"model": out if form == "dense" else Path(f"{stem}.{form}.ort"),
                    "config": Path(f"{stem}{'' if form == 'dense' else '.' + form}.required_operators.config")}
             for form in ORT_FORMS}
 

@@ -27,7 +27,7 @@ __all__ = ["MAGIC", "MAX_HEADER", "pack_frame", "is_frame", "read_frame"]
 
 MAGIC = b"CCL3"
 DIGEST_BYTES = 8
-MAX_HEADER = 16 * 2 ** 20  # inflated JSON header; real ones are a few KB
+MAX_HEADER = 2 ** 20  # inflated JSON header; real ones are a few KB
 
 
 def _uvarint(n: int) -> bytes:
