@@ -145,3 +145,44 @@ def test_bad_model_fractions_are_refused_with_the_fix(tmp_path, capsys, bad):
     err = capsys.readouterr().err
     assert "--model-fractions" in err and "Traceback" not in err
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())  # refused before any run
+
+
+def _fake_doc(val: float, deployed: int) -> dict:
+    task = {"deploy": {"val_accuracy": val}, "bytes": {"deployed": deployed, "exemplars": 640, "fp32": 9000},
+            "exemplars": 10, "accuracy": {"working": [val], "deployed": [val]}}
+    return {"tasks": [task], "summary": {"deployed": {"average_incremental_accuracy": val, "final_accuracy": val}}}
+
+
+def test_a_split_that_misses_the_budget_on_another_seed_falls_back_to_the_next_best(tmp_path, monkeypatch):
+    """The bit search fills a budget to the byte, so the chosen fraction can miss it on a later seed: that
+    fraction then does not fit, and the next best by validation is run instead (compare goes on)."""
+    from compactcl.errors import BudgetNotMet
+    from compactcl.pipeline import budget as bm
+    from compactcl.pipeline import run as run_mod
+
+    calls = []
+
+    def fake_run(recipe, out, **kw):
+        fraction, seed = float(str(out).split("-m")[1].split("-")[0]), recipe.seed
+        calls.append((fraction, seed))
+        if (fraction, seed) == (0.5, 1):
+            raise BudgetNotMet("deployed.ccl is 5,001 bytes, over the budget of 5,000")
+        return _fake_doc({0.2: 0.8, 0.5: 0.9}[fraction], int(fraction * 9000))
+
+    monkeypatch.setattr(run_mod, "run_recipe", fake_run)
+    point = bm._compact_point(None, [], "compactcl", "icarl", 10_000, [0.2, 0.5], [0, 1], tmp_path, False,
+                              lambda s: None)
+    tried = {t["model_fraction"]: t for t in point["split_selection"]["tried"]}
+    assert not tried[0.5]["fits"] and tried[0.5]["reason"].startswith("seed 1:")
+    assert point["fits"] and point["model_fraction"] == 0.2
+    assert calls == [(0.2, 0), (0.5, 0), (0.5, 1), (0.2, 1)]
+
+
+def test_compactcls_point_without_validation_data_is_refused(tmp_path, monkeypatch):
+    from compactcl.errors import CompactCLError
+    from compactcl.pipeline import budget as bm
+    from compactcl.pipeline import run as run_mod
+
+    monkeypatch.setattr(run_mod, "run_recipe", lambda recipe, out, **kw: _fake_doc(float("nan"), 1000))
+    with pytest.raises(CompactCLError, match="data.val_fraction"):
+        bm._compact_point(None, [], "compactcl", "icarl", 10_000, [0.2], [0], tmp_path, False, lambda s: None)

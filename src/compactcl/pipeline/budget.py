@@ -32,6 +32,7 @@ given, divided by the budget range, so it is a mean accuracy in [0, 1]; one budg
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -251,19 +252,32 @@ def _compact_point(source: str | None, overrides: list[str], name: str, learner:
         entry: dict[str, Any] = {"model_fraction": fraction, "model_bytes": model, "exemplar_bytes": exemplars}
         try:
             first[fraction] = run(fraction, seeds[0])
-            entry.update(fits=True, val_score=validation_score(first[fraction]))
+            score = validation_score(first[fraction])
+            if math.isnan(score):  # no validation data: nothing to choose the split by
+                raise CompactCLError(f"{name}: the model/exemplar split is chosen on validation data, and the run has "
+                                     "none (data.val_fraction=0); set data.val_fraction > 0 (e.g. 0.1)")
+            entry.update(fits=True, val_score=score)
         except BudgetNotMet as e:
             log(f"{name} at {budget} B, fraction {fraction:g}: {e}")
             entry.update(fits=False, reason=str(e))
         tried.append(entry)
-    best = choose_split(tried)
     point: dict[str, Any] = {"learner": name, "budget": budget, "scored": "deployed", "working_learner": learner,
                              "split_selection": {"by": "mean over tasks of the deployed model's validation accuracy, "
                                                        f"seed {seeds[0]}", "tried": tried}}
+    # the chosen fraction runs with the other seeds; one that misses the budget there (the bit search fills
+    # it to the byte) no longer fits, and the next best is taken
+    while (best := choose_split(tried)) is not None:
+        fraction = tried[best]["model_fraction"]
+        docs = [first[fraction]]
+        try:
+            for seed in seeds[1:]:
+                docs.append(run(fraction, seed))
+            break
+        except BudgetNotMet as e:
+            log(f"{name} at {budget} B, fraction {fraction:g}, seed {seed}: {e}")
+            tried[best].update(fits=False, reason=f"seed {seed}: {e}")
     if best is None:
         return {**point, "model_bytes": 0, "exemplar_bytes": 0, "fits": False}
-    fraction = tried[best]["model_fraction"]
-    docs = [first[fraction], *(run(fraction, s) for s in seeds[1:])]
     deployed = [max(t["bytes"]["deployed"] for t in d["tasks"]) for d in docs]  # the largest the device held
     stored = [d["tasks"][-1]["bytes"].get("exemplars") or 0 for d in docs]
     return {**point, "model_fraction": fraction, "model_bytes": tried[best]["model_bytes"],
