@@ -62,6 +62,9 @@ def test_hold_out_takes_the_same_number_of_every_class():
     assert torch.bincount(held.y, minlength=5).tolist() == [2, 2, 0, 0, 2]
     ids = sorted(train.x.flatten().long().tolist() + held.x.flatten().long().tolist())
     assert ids == list(range(len(y)))  # a partition: nothing lost, nothing twice
+    train, held = hold_out_per_class(data, 4, torch.Generator().manual_seed(0))
+    assert torch.bincount(held.y, minlength=5).tolist() == [4, 2, 0, 0, 4]  # class 1 (3 images) keeps one
+    assert torch.bincount(train.y, minlength=5).tolist() == [1, 1, 0, 0, 3]
 
 
 def test_bic_keeps_old_tasks_where_icarl_forgets(digits):

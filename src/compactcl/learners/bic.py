@@ -64,13 +64,14 @@ def bic_loss(old: nn.Module | None, n_old: int, n_new: int, temperature: float) 
 
 
 def hold_out_per_class(data: TensorData, per_class: int, generator: torch.Generator) -> tuple[TensorData, TensorData]:
-    """(train, held out): ``per_class`` random images of every class held out (fewer if a class has fewer)."""
+    """(train, held out): ``per_class`` random images of every class held out (at most all but one of a class)."""
     keep, out = [], []
     for c in data.y.unique().tolist():
         idx = torch.nonzero(data.y == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        out.append(idx[:per_class])
-        keep.append(idx[per_class:])
+        take = min(per_class, len(idx) - 1)  # never a whole class: stage 1 must still see it
+        out.append(idx[:take])
+        keep.append(idx[take:])
     return data.subset(torch.cat(keep).sort().values), data.subset(torch.cat(out).sort().values)
 
 
@@ -133,7 +134,7 @@ class BiC(Learner):
         n_old = len(state.seen_labels)
         state, old = self.begin(state, task)
         exemplars = state.memory.data()
-        per_old_class = min((len(v) for v in state.memory.x.values()), default=0)
+        per_old_class = min((len(v) for v in state.memory.x.values() if len(v)), default=0)  # an emptied class holds nothing out
         held = max(1, round(o.bias_val_fraction * per_old_class)) if per_old_class >= 2 else 0
         loss = bic_loss(old, n_old, len(task.labels), o.temperature)
         if old is None or exemplars is None or not held:
