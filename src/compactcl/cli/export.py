@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..api import checkpoint_data, load
+    from ..export.int8 import calibration_batch
     from ..export.onnx import export_checked
 
     if args.ort and (args.int8 or args.dense):
@@ -68,7 +69,7 @@ def run(args) -> int:
         say(args, f"writing {args.out} (ONNX{', int8 QDQ' if args.int8 else ', fp32'}), checking it against PyTorch"
                   f"{'' if args.no_latency else ', measuring latency'} ...")
         res = export_checked(model, args.out, data["input_shape"], data["test"].x, data["test"].y, int8=args.int8,
-                             calib_x=data["train"].x, latency=not args.no_latency)
+                             calib_x=calibration_batch(data["train"]), latency=not args.no_latency)
         res["bytes"] = add_metadata(args.out, meta)
     base = baseline(model)
     figures = {"model_file": str(path), **res, "baseline_accuracy": res["torch_accuracy"], **base}

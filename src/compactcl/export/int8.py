@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_path
 
-__all__ = ["quantize_onnx_int8", "preprocess_onnx"]
+__all__ = ["quantize_onnx_int8", "preprocess_onnx", "calibration_batch"]
 
 
 def _reader(x: np.ndarray, input_name: str, batch_size: int):
@@ -43,6 +44,14 @@ def preprocess_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+
+
+def calibration_batch(data: Any, max_samples: int = 512, seed: int = 0) -> torch.Tensor:
+    """The images :func:`quantize_onnx_int8` would draw from ``data`` (a ``TensorData``; same seed, same
+    order), normalised from its store: no float copy of the whole set."""
+    n = len(data)
+    idx = np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False)) if n > max_samples else np.arange(n)
+    return data.batch(torch.as_tensor(idx, dtype=torch.long))
 
 
 def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib_x: torch.Tensor | np.ndarray,

@@ -218,9 +218,10 @@ class CompressDeployer(Deployer):
         return Deployed(model, path, report)
 
     def _measurer(self, ctx: DeployContext, data: TensorData, meta: dict[str, Any]) -> "Measurer":
+        from ..export.int8 import calibration_batch
         from .measure import Measurer
 
-        return Measurer(ctx.task_dir, ctx.input_shape, ctx.seen_test(), ctx.seen_val(), data.x, meta,
+        return Measurer(ctx.task_dir, ctx.input_shape, ctx.seen_test(), ctx.seen_val(), calibration_batch(data), meta,
                         log=lambda s: None)
 
 
