@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import CompactCLError
+from ..utils.jsonfile import read_json
 
 # what reading a malformed (but valid JSON) metrics document raises deep in a consumer
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError)
@@ -133,12 +134,7 @@ def read_metrics(run_dir: str | Path, what: str) -> dict[str, Any]:
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         raise CompactCLError(f"{what}: {run_dir} has no metrics.json; pass a run folder written by `compactcl run`")
-    if path.stat().st_size > MAX_METRICS_BYTES:
-        raise CompactCLError(f"{what}: {path} is over {MAX_METRICS_BYTES >> 20} MiB: not a compactcl metrics file")
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CompactCLError(f"{what}: {path} is not JSON ({type(e).__name__}): not a compactcl metrics file") from None
+    doc = read_json(path, MAX_METRICS_BYTES, "not a compactcl metrics file", prefix=f"{what}: ")
     rows = doc.get("tasks") if isinstance(doc, dict) else None
     def numbers(v: Any) -> bool:
         return isinstance(v, list) and bool(v) and all(isinstance(x, (int, float)) and not isinstance(x, bool)

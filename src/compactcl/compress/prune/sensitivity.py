@@ -22,6 +22,7 @@ from torch import nn
 
 from ...errors import CompactCLError
 from ...utils.atomic import atomic_path, atomic_write_bytes
+from ...utils.jsonfile import read_json
 from .importance import get_importance
 from .unstructured import prunable_layers, select_masks
 
@@ -190,12 +191,7 @@ def read_sensitivity(path: str | os.PathLike) -> Sensitivity:
     fix = "pass the sensitivity.json `compactcl sensitivity MODEL --out DIR` writes (or its --json output)"
     if not path.is_file():
         raise CompactCLError(f"{path}: no such file; {fix}")
-    if path.stat().st_size > MAX_SENSITIVITY_BYTES:
-        raise CompactCLError(f"{path} is over {MAX_SENSITIVITY_BYTES >> 20} MiB: not a sensitivity analysis; {fix}")
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CompactCLError(f"{path} is not JSON ({type(e).__name__}); {fix}") from None
+    doc = read_json(path, MAX_SENSITIVITY_BYTES, f"not a sensitivity analysis; {fix}")
 
     def number(v: object) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
