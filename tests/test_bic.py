@@ -1,6 +1,5 @@
-"""BiC on the 3-task digits stream, its bias-correction math against references, resume exactness."""
-
-import json
+"""BiC on the 3-task digits stream and its bias-correction math against references (its exact resume is
+tested with the other budget learners', tests/test_budget_learners.py)."""
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from compactcl.learners.bic import fit_bias_correction, fold_bias_correction_, h
 from compactcl.models import IncrementalNet
 
 from test_learners import run_stream
-from test_reliability import FAST_ARGS, _comparable, _truncate_to
+from test_reliability import FAST_ARGS
 
 
 def test_folding_the_correction_into_the_head_gives_the_corrected_logits():
@@ -76,18 +75,6 @@ def test_bic_keeps_old_tasks_where_icarl_forgets(digits):
     assert sum(icarl[:2]) / 2 < 0.5, icarl
     assert bic[-1] >= 0.8, bic
     assert type(state.model) is IncrementalNet and state.model.num_classes == 6  # no extra layer kept
-
-
-def test_resume_is_exact(tmp_path):
-    full, part = tmp_path / "full", tmp_path / "part"
-    args = [*FAST_ARGS, "--set", "learner.name=bic"]
-    assert main(["run", "--out", str(full), *args]) == 0
-    assert main(["run", "--out", str(part), *args]) == 0
-    _truncate_to(part, 1)
-    (part / "tasks" / "01" / "state.safetensors").unlink()
-    assert main(["run", "--out", str(part), "--resume", *args]) == 0
-    a, b = (json.loads((p / "metrics.json").read_text()) for p in (full, part))
-    assert _comparable(a) == _comparable(b)
 
 
 @pytest.mark.parametrize("bad", ["learner.bias_val_fraction=1.5", "learner.bias_ridge=-1"])

@@ -101,7 +101,7 @@ def test_memo_checkpoint_round_trip_gives_identical_logits(tmp_path):
     assert back.spec == net.spec and torch.equal(back(x), net(x))
 
 
-@pytest.mark.parametrize("name", ["wa", "foster", "memo"])
+@pytest.mark.parametrize("name", ["wa", "foster", "memo", "bic"])
 def test_resume_is_exact(tmp_path, name):
     full, part = tmp_path / "full", tmp_path / "part"
     args = [*FAST_ARGS, "--set", f"learner.name={name}"]
