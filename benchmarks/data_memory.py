@@ -17,6 +17,11 @@ the 50,000 training images (153.6 MB; the 10,000 test images add 30.7 MB and are
 the denominator, so the ratio is the conservative one; both are printed). What is subtracted is
 exactly the baseline process's peak RSS: the interpreter and every module the run had imported.
 
+That difference still holds what a run costs whatever its data: one training step's activations
+(batch 128), evaluation batches, torch's kernel caches, the allocator's free blocks. A third child,
+**small**, is the same run over a tenth of the images (``--small``); ``(run peak - small peak) /
+(image bytes - small image bytes)`` is what each byte of data costs: the slope, printed too.
+
     python benchmarks/data_memory.py                    # prints the figures
     python benchmarks/data_memory.py --train 5000 --test 1000 --epochs 1   # a quick check
 """
@@ -86,15 +91,17 @@ def main() -> None:
         data.mkdir()
         write_cifar100(data, args.train, "train.bin", seed=1)
         write_cifar100(data, args.test, "test.bin", seed=2)
+        small = Path(tmp) / "cifar-100-small"
+        small.mkdir()
+        write_cifar100(small, args.train // 10, "train.bin", seed=1)
+        write_cifar100(small, args.test // 10, "test.bin", seed=2)
         modules = str(Path(tmp) / "modules.json")
-        sets = ["data.dataset=cifar100", f"data.root={data}", "data.tasks=10", "data.classes_per_task=10",
-                "model.backbone=cnn", "model.options.width=8", "learner.name=icarl", f"learner.epochs={args.epochs}",
-                "learner.batch_size=128", "memory.size=2000", "compress=null", "export.onnx=false"]
-        run_kib = child(RUN, modules, "run", "--out", str(Path(tmp) / "run"), "--quiet",
-                        *[arg for s in sets for arg in ("--set", s)])
+        run_kib = child(RUN, modules, *run_args(data, Path(tmp) / "run", args.epochs))
+        small_kib = child(RUN, str(Path(tmp) / "small-modules.json"), *run_args(small, Path(tmp) / "small", args.epochs))
         baseline_kib = child(BASELINE, modules)
         metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
     train_bytes, all_bytes = args.train * PIXELS, (args.train + args.test) * PIXELS
+    small_bytes = (args.train // 10 + args.test // 10) * PIXELS
     extra = (run_kib - baseline_kib) * 1024
     ratio = extra / train_bytes
     print(f"images: {args.train:,} train + {args.test:,} test, 32x32x3 uint8: {train_bytes / 1e6:.1f} MB "
@@ -103,7 +110,19 @@ def main() -> None:
           f"run - baseline {extra / 1e6:.1f} MB")
     print(f"ratio (run - baseline) / train uint8 bytes: {ratio:.2f}  (/ train+test uint8 bytes: "
           f"{extra / all_bytes:.2f}); tasks run: {len(metrics['tasks'])}")
+    slope = (run_kib - small_kib) * 1024 / (all_bytes - small_bytes)
+    print(f"the same run over a tenth of the images peaks at {small_kib / 1024:.1f} MiB: each byte of images "
+          f"(train + test) costs {slope:.2f} bytes; what does not grow with the data: "
+          f"{(small_kib - baseline_kib) * 1024 / 1e6 - slope * small_bytes / 1e6:.1f} MB over the baseline")
     sys.exit(0 if ratio <= args.limit else 1)
+
+
+def run_args(data: Path, out: Path, epochs: int) -> list[str]:
+    """The CLI arguments of the measured run: iCaRL 10 x 10, width-8 CNN, batch 128, no compression."""
+    sets = ["data.dataset=cifar100", f"data.root={data}", "data.tasks=10", "data.classes_per_task=10",
+            "model.backbone=cnn", "model.options.width=8", "learner.name=icarl", f"learner.epochs={epochs}",
+            "learner.batch_size=128", "memory.size=2000", "compress=null", "export.onnx=false"]
+    return ["run", "--out", str(out), "--quiet", *[arg for s in sets for arg in ("--set", s)]]
 
 
 if __name__ == "__main__":

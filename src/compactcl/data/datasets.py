@@ -30,7 +30,7 @@ from ..errors import CompactCLError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["TensorData", "PixelScale", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
+__all__ = ["TensorData", "EVAL_BATCH", "PixelScale", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
            "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch",
            "per_channel", "standardize_array"]
 
@@ -80,6 +80,12 @@ def _scale_operands(scale: PixelScale, device: torch.device) -> tuple[torch.Tens
 
 
 PIXEL_LEVELS = {"pixel/255": 255, "pixel/16": 16}  # DatasetSplits.normalization["scale"] -> integer levels
+
+
+# Images a model sees at once when nothing trains (evaluation, features, teacher outputs). Its
+# activations are freed each batch, so this bounds a run's working memory: on a width-8 CNN at
+# 32x32 a 512-image batch took ~100 MiB at its peak, 128 images ~40 MiB (benchmarks/data_memory.py).
+EVAL_BATCH = 128
 
 
 @dataclass
@@ -132,7 +138,7 @@ class TensorData:
             stored = stored.to(device, non_blocking=non_blocking)
         return self.scale.normalize(stored) if self.scale is not None else stored
 
-    def batches(self, batch_size: int = 512, device: torch.device | str | None = None):
+    def batches(self, batch_size: int = EVAL_BATCH, device: torch.device | str | None = None):
         """(float images, labels) batch by batch, in order: evaluation without a float copy of the set."""
         for i in range(0, len(self), batch_size):
             yield self.batch(slice(i, i + batch_size), device), self.y[i: i + batch_size]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .datasets import PIXEL_LEVELS, PixelScale, TensorData, per_channel
+from .datasets import EVAL_BATCH, PIXEL_LEVELS, PixelScale, TensorData, per_channel
 
 __all__ = ["ExemplarMemory", "herding", "extract_features", "encode_uint8", "decode_uint8", "pixel_levels"]
 
@@ -56,7 +56,7 @@ def decode_uint8(u: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = 512) -> torch.Tensor:
+def extract_features(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """L2-normalised features (N, D) of ``model.features``, batch by batch (float images or a data set)."""
     was_training = model.training
     model.eval()

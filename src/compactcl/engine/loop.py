@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.datasets import TensorData
+from ..data.datasets import EVAL_BATCH, TensorData
 from ..errors import CompactCLError
 from ..utils import distributed as dist
 
@@ -301,7 +301,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = 512,
+def predict(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = EVAL_BATCH,
             means: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Predicted labels (N,) of float images or a data set, batch by batch: argmax of the logits,
     or the nearest class mean when ``means`` is given."""

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..compress.quantize.onnx_graph import OPSET
 from ..compress.quantize.state import quantized_layers
-from ..data.datasets import per_channel
+from ..data.datasets import EVAL_BATCH, per_channel
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
 from .onnx_sparse import SparseCodesGraph
@@ -286,7 +286,7 @@ def check_against(path: str | os.PathLike, reference: nn.Module, x: torch.Tensor
 
     reference = reference.cpu().eval()
     with torch.no_grad():
-        ref = torch.cat([reference(x[i: i + 512]) for i in range(0, len(x), 512)]).numpy()
+        ref = torch.cat([reference(x[i: i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)]).numpy()
     got = onnx_predict(path, x)
     yy = y.cpu().numpy()
     return {"agreement": float((got.argmax(1) == ref.argmax(1)).mean()),

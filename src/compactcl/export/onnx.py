@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.datasets import EVAL_BATCH
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_path
 
@@ -52,7 +53,7 @@ def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> flo
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
-def _torch_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def _torch_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data.datasets import TensorData
+from ..data.datasets import EVAL_BATCH, TensorData
 from ..data.stream import Task
 from ..engine.loop import LossFn
 from ..engine.losses import old_class_kd
@@ -111,7 +111,7 @@ def fold_bias_correction_(head: nn.Linear, n_old: int, alpha: float, beta: float
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["Measurer"]
 
 
-def _logits(model: "nn.Module", x: "torch.Tensor", batch_size: int = 512):
+def _logits(model: "nn.Module", x: "torch.Tensor"):
     import torch
+
+    from ..data.datasets import EVAL_BATCH as batch_size
 
     model.eval()
     with torch.no_grad():

@@ -43,6 +43,7 @@ from ..models.net import IncrementalNet
 from ..utils.atomic import atomic_write_bytes, atomic_write_json
 from ..utils.classes import class_names_text
 from ..utils import distributed as dist
+from ..utils.heap import release_freed_memory
 from .deploy import DeployContext, Deployer, IdentityDeployer
 from .folder import check_out, claim_run_folder, clean_stale_temps, record_changes, recorded_recipe
 from .recipe import Recipe
@@ -252,7 +253,13 @@ def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, progress: 
         check_out(out, resume)  # refused on rank 0 too: every rank stops before the barrier
         return _follow(recipe, out, resume, deployer, _Given(dataset, model))
     with claim_run_folder(out, recipe.model_dump(mode="json"), resume, log) as folder:
-        return _run(recipe, out, resume, progress, deployer, log, folder.recorded, _Given(dataset, model))
+        doc = _run(recipe, out, resume, progress, deployer, log, folder.recorded, _Given(dataset, model))
+        # drawn after the run's data and models are freed: the figures do not add to the run's peak memory
+        release_freed_memory()
+        from ..report.html import write_report
+
+        write_report(out)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -388,6 +395,7 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             _save_state(task_dir / "state.safetensors", state)
             _publish_final(out, task_dir, deployer.files)
             atomic_write_json(metrics_path, _metrics_doc(recorded, stream, rows, "running", deployer.note, changes))
+            release_freed_memory()  # the next task starts from what is held, not from this one's peak
             if tb is not None:
                 tb.log_task(task.index, rows[-1], {w: accuracy_matrix(rows, w) for w in ("working", "deployed")})
             if tasks_bar is not None:
@@ -400,9 +408,6 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             tasks_bar.close()
     doc = _metrics_doc(recorded, stream, rows, "complete", deployer.note, changes)
     atomic_write_json(metrics_path, doc)
-    from ..report.html import write_report
-
-    write_report(out)
     return doc
 
 

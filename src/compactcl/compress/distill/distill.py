@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...data.datasets import TensorData
+from ...data.datasets import EVAL_BATCH, TensorData
 from ...errors import CompactCLError
 from ...engine.loop import TrainConfig, train
 from ...engine.losses import hint_loss, kd_ce_loss, make_adapter
@@ -153,7 +153,7 @@ class _StudentWithAdapters(nn.Module):
 
 @torch.no_grad()
 def _teacher_outputs(tap: _OutputsWithHints, data: TensorData, device: torch.device | str,
-                     batch_size: int = 512) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                     batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, list[torch.Tensor]]:
     logits, hints = [], []
     for i in range(0, len(data), batch_size):
         lg, hs = tap(data.batch(slice(i, i + batch_size), device))
