@@ -68,7 +68,7 @@ def run(args) -> int:
             model = dequantize_(args, model, path)
         say(args, f"writing {args.out} (ONNX{', int8 QDQ' if args.int8 else ', fp32'}), checking it against PyTorch"
                   f"{'' if args.no_latency else ', measuring latency'} ...")
-        res = export_checked(model, args.out, data["input_shape"], data["test"].x, data["test"].y, int8=args.int8,
+        res = export_checked(model, args.out, data["input_shape"], data["test"], data["test"].y, int8=args.int8,
                              calib_x=calibration_batch(data["train"]), latency=not args.no_latency)
         res["bytes"] = add_metadata(args.out, meta)
     base = baseline(model)
@@ -92,7 +92,7 @@ def _export_codes(args, model, data, meta: dict[str, str]) -> dict:
     say(args, f"writing {args.out} (weight-codes ONNX, decoded in the graph), checking it against PyTorch"
               f"{'' if args.no_latency else ', measuring latency'} ...")
     nbytes = export_compressed_onnx(copy.deepcopy(model), args.out, data["input_shape"], meta)
-    check = check_against(args.out, model, data["test"].x, data["test"].y)
+    check = check_against(args.out, model, data["test"], data["test"].y)
     if check["agreement"] < 0.999:
         raise CompactCLError(f"{args.out}: the weight-codes ONNX agrees with PyTorch on only {check['agreement']:.2%} "
                              f"of the test images (max |dlogit| {check['max_abs_logit_diff']:.2e}); an operator "
@@ -117,7 +117,7 @@ def _run_ort(args, path: Path, model, data) -> int:
     say(args, f"writing {args.out} and its .codes.ort twin with their required-operators configs, checking them "
               f"against the codes ONNX{'' if args.no_latency else ', measuring latency'} ...")
     meta = deploy_metadata(data["meta"], data["input_shape"], path if path.suffix == ".ccl" else None)
-    rows = export_ort_checked(model, args.out, data["input_shape"], data["test"].x, meta,
+    rows = export_ort_checked(model, args.out, data["input_shape"], data["test"], meta,
                               latency=not args.no_latency)
     for row in rows.values():
         row["within_budget"] = None if budget is None else row["bytes"] <= budget

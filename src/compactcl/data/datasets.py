@@ -30,7 +30,7 @@ from ..errors import CompactCLError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["TensorData", "EVAL_BATCH", "PixelScale", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
+__all__ = ["TensorData", "EVAL_BATCH", "image_batches", "PixelScale", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
            "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch",
            "per_channel", "standardize_array"]
 
@@ -179,6 +179,18 @@ class TensorData:
         if all(p.scale == first.scale for p in parts):
             return TensorData(torch.cat([p.stored() for p in parts]), y, first.scale)
         return TensorData(torch.cat([p.x for p in parts]), y)
+
+
+def image_batches(x: "torch.Tensor | TensorData", batch_size: int = EVAL_BATCH,
+                  device: torch.device | str | None = None):
+    """Float32 images of ``x`` (a float tensor, or a data set normalised batch by batch) in order,
+    ``batch_size`` at a time, on ``device`` (default: where they are): a whole set scored without
+    a float copy of it."""
+    for i in range(0, len(x), batch_size):
+        if isinstance(x, TensorData):
+            yield x.batch(slice(i, i + batch_size), device)
+        else:
+            yield x[i: i + batch_size] if device is None else x[i: i + batch_size].to(device)
 
 
 @dataclass

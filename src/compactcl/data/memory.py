@@ -27,7 +27,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .datasets import EVAL_BATCH, PIXEL_LEVELS, PixelScale, TensorData, per_channel
+from .datasets import EVAL_BATCH, PIXEL_LEVELS, PixelScale, TensorData, image_batches, per_channel
 
 __all__ = ["ExemplarMemory", "herding", "extract_features", "encode_uint8", "decode_uint8", "pixel_levels"]
 
@@ -61,9 +61,7 @@ def extract_features(model: nn.Module, x: torch.Tensor | TensorData, batch_size:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    batch = x.batch if isinstance(x, TensorData) else lambda index, dev: x[index].to(dev)
-    feats = torch.cat([model.features(batch(slice(i, i + batch_size), device)).float().cpu()
-                       for i in range(0, len(x), batch_size)])
+    feats = torch.cat([model.features(xb).float().cpu() for xb in image_batches(x, batch_size, device)])
     model.train(was_training)
     return F.normalize(feats, dim=1)
 

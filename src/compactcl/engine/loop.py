@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.datasets import EVAL_BATCH, TensorData
+from ..data.datasets import EVAL_BATCH, TensorData, image_batches
 from ..errors import CompactCLError
 from ..utils import distributed as dist
 
@@ -308,8 +308,7 @@ def predict(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = EV
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = x.batch(slice(i, i + batch_size), device) if isinstance(x, TensorData) else x[i: i + batch_size].to(device)
+    for xb in image_batches(x, batch_size, device):
         if means:
             labels = sorted(means)
             feats = torch.nn.functional.normalize(model.features(xb).float(), dim=1)

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..compress.quantize.onnx_graph import OPSET
 from ..compress.quantize.state import quantized_layers
-from ..data.datasets import EVAL_BATCH, per_channel
+from ..data.datasets import TensorData, per_channel
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_write_bytes
 from .onnx_sparse import SparseCodesGraph
@@ -279,14 +279,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- check
-def check_against(path: str | os.PathLike, reference: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+def check_against(path: str | os.PathLike, reference: nn.Module, x: torch.Tensor | TensorData,
+                  y: torch.Tensor) -> dict[str, Any]:
     """ONNX Runtime logits of ``path`` vs ``reference`` (e.g. ``compactcl.load(deployed.ccl)``) on ``x``:
     top-1 agreement, max |Δlogit|, and both accuracies on labels ``y``."""
-    from .onnx import onnx_predict
+    from .onnx import onnx_predict, torch_logits
 
-    reference = reference.cpu().eval()
-    with torch.no_grad():
-        ref = torch.cat([reference(x[i: i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)]).numpy()
+    ref = torch_logits(reference.cpu(), x)
     got = onnx_predict(path, x)
     yy = y.cpu().numpy()
     return {"agreement": float((got.argmax(1) == ref.argmax(1)).mean()),

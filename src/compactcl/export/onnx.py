@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.datasets import EVAL_BATCH
+from ..data.datasets import EVAL_BATCH, TensorData, image_batches
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_path
 
@@ -37,14 +37,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     return Path(path).stat().st_size
 
 
-def onnx_predict(path: str | os.PathLike, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, K) of the ONNX model at ``path`` on images ``x`` (N, C, H, W)."""
+def onnx_predict(path: str | os.PathLike, x: torch.Tensor | TensorData, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Logits (N, K) of the ONNX model at ``path`` on images ``x`` (float (N, C, H, W), or a data set
+    read batch by batch)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    xs = x.cpu().numpy().astype(np.float32)
-    return np.concatenate([sess.run(None, {name: xs[i: i + batch_size]})[0] for i in range(0, len(xs), batch_size)])
+    return np.concatenate([sess.run(None, {name: xb.cpu().numpy().astype(np.float32, copy=False)})[0]
+                           for xb in image_batches(x, batch_size)])
 
 
 def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -53,12 +54,12 @@ def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> flo
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
-def _torch_logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> np.ndarray:
+def torch_logits(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Logits (N, K) of ``model`` (in eval mode, on its device) on images ``x``, batch by batch."""
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([model(x[i: i + batch_size].to(device)).float().cpu()
-                          for i in range(0, len(x), batch_size)]).numpy()
+        return torch.cat([model(xb).float().cpu() for xb in image_batches(x, batch_size, device)]).numpy()
 
 
 def _latencies(path: str | os.PathLike, input_shape: tuple[int, ...], repeats: int) -> dict[str, float]:
@@ -68,7 +69,8 @@ def _latencies(path: str | os.PathLike, input_shape: tuple[int, ...], repeats: i
     return onnx_latency_grid({"model": path}, input_shape, repeats=repeats)["model"]
 
 
-def export_checked(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], test_x: torch.Tensor,
+def export_checked(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...],
+                   test_x: torch.Tensor | TensorData,
                    test_y: torch.Tensor, int8: bool = False, calib_x: torch.Tensor | None = None,
                    min_agreement: float = 0.999, max_int8_drop: float = 0.01, latency: bool = True,
                    latency_repeats: int = 50) -> dict:
@@ -82,7 +84,7 @@ def export_checked(model: nn.Module, path: str | os.PathLike, input_shape: tuple
     import tempfile
 
     y = test_y.cpu().numpy()
-    ref = _torch_logits(model, test_x)
+    ref = torch_logits(model, test_x)
     torch_acc = float((ref.argmax(1) == y).mean())
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / "fp32.onnx" if int8 else Path(path)

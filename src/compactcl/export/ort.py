@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..data.datasets import TensorData
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_path
 
@@ -117,7 +118,8 @@ def export_ort(onnx_path: str | os.PathLike, out: str | os.PathLike) -> dict[str
     return result
 
 
-def export_ort_checked(model: nn.Module, out: str | os.PathLike, input_shape: tuple[int, ...], test_x: torch.Tensor,
+def export_ort_checked(model: nn.Module, out: str | os.PathLike, input_shape: tuple[int, ...],
+                       test_x: torch.Tensor | TensorData,
                        metadata: Mapping[str, str] | None = None, latency: bool = True, repeats: int = 50,
                        min_agreement: float = 0.999) -> dict[str, Any]:
     """``model``'s codes ONNX (:func:`~compactcl.export.compressed.export_compressed_onnx`, with

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data.datasets import EVAL_BATCH, TensorData
+from ..data.datasets import TensorData, image_batches
 from ..data.stream import Task
 from ..engine.loop import LossFn
 from ..engine.losses import old_class_kd
@@ -111,11 +111,11 @@ def fold_bias_correction_(head: nn.Linear, n_old: int, alpha: float, beta: float
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+def _logits(model: nn.Module, x: TensorData) -> torch.Tensor:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = torch.cat([model(x[i: i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    out = torch.cat([model(xb).float().cpu() for xb in image_batches(x, device=device)])
     model.train(was_training)
     return out
 
@@ -146,7 +146,7 @@ class BiC(Learner):
             self.train_on(state, task, TensorData.cat([new_train, old_train]), loss)
             val = TensorData.cat([new_val, old_val])
             fit_beta = state.model.head.bias is not None
-            alpha, beta = fit_bias_correction(_logits(state.model, val.x), val.y, n_old, o.bias_iterations,
+            alpha, beta = fit_bias_correction(_logits(state.model, val), val.y, n_old, o.bias_iterations,
                                                o.bias_ridge, fit_beta)
             fold_bias_correction_(state.model.head, n_old, alpha, beta)
         state.memory.update(state.model, task.train)

@@ -403,7 +403,7 @@ def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget, li
     props = deploy_metadata(ctx.meta, input_shape, ccl)
     nbytes = export_compressed_onnx(copy.deepcopy(cpu_model), onnx_path, input_shape, props)
     # the reference is the file the budget counts, read back as a user would
-    check = check_against(onnx_path, load_artifact(ccl), test.x, test.y)
+    check = check_against(onnx_path, load_artifact(ccl), test, test.y)
     # beside the .ccl: a run folder stays valid when moved (and resumes exactly)
     out: dict[str, Any] = {"format": "onnx-codes", "path": "deployed.onnx", "bytes": nbytes,
                            "within_budget": None if limit is None else nbytes <= limit,
@@ -420,7 +420,7 @@ def _export(model: nn.Module, ctx: DeployContext, int8: bool, budget: Budget, li
         seen = TensorData.cat([t.train for t in ctx.seen])
         calib = seen.batch(torch.randperm(len(seen), generator=torch.Generator().manual_seed(0))[:512])
         try:
-            q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test.x, test.y, int8=True,
+            q = export_checked(cpu_model, folder / "deployed.int8.onnx", input_shape, test, test.y, int8=True,
                                calib_x=calib, latency=False, max_int8_drop=1.0)
         except CompactCLError as e:
             problems.append(str(e))

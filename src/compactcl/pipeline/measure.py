@@ -26,16 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["Measurer"]
 
 
-def _logits(model: "nn.Module", x: "torch.Tensor"):
-    import torch
-
-    from ..data.datasets import EVAL_BATCH as batch_size
-
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(x[i: i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
-
-
 class Measurer:
     """Writes a rung's files (``rungNN-<stage>.ccl`` / ``.onnx`` / ``.int8.onnx`` in ``out``) and
     measures them; one row per :meth:`row` call, agreement taken against the first row."""
@@ -70,7 +60,7 @@ class Measurer:
             description: str, note: str = "") -> dict[str, Any]:
         from ..engine.loop import accuracy
         from ..export.artifact import load_artifact, save_artifact
-        from ..export.onnx import agreement, export_onnx, onnx_predict
+        from ..export.onnx import agreement, export_onnx, onnx_predict, torch_logits
         from ..metrics.model_stats import count_flops, count_params
 
         model = copy.deepcopy(model).cpu().eval()  # the caller's model stays where it is
@@ -78,7 +68,7 @@ class Measurer:
         ccl = self.out / f"{stem}.ccl"
         nbytes = save_artifact(model, ccl, {**self.meta, "rung": stage})
         deployed = load_artifact(ccl)  # what ships: score the model rebuilt from the file
-        logits = _logits(deployed, self.test.x)
+        logits = torch_logits(deployed, self.test)
         if self.first_logits is None:
             self.first_logits = logits
         y = self.test.y.numpy()
@@ -103,7 +93,7 @@ class Measurer:
             if int8:
                 notes.append(f"int8 ONNX failed ({self.int8_error}); latency of the fp32 graph of the "
                              "fake-quant model")
-        onnx_logits = onnx_predict(graph, self.test.x)
+        onnx_logits = onnx_predict(graph, self.test)
         row["onnx_accuracy"] = float((onnx_logits.argmax(1) == y).mean())
         row["onnx_agreement"] = agreement(onnx_logits, logits)  # the timed graph vs the PyTorch model
         row["seconds"] = seconds
