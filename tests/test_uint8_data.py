@@ -122,3 +122,20 @@ def test_folder_with_train_and_val_keeps_decoded_pixels(tmp_path):
     assert torch.equal(ds.test.images[0], first_val)  # val/ is the held-out split, pixels as decoded
     assert ds.normalization["mean"] == pytest.approx(
         [float(np.mean([arrays[("train", n, i)][..., c] for n in "ab" for i in range(3)])) / 255 for c in range(3)])
+
+
+def test_a_compressed_exported_run_never_builds_a_float_copy_of_a_data_set(tmp_path, monkeypatch):
+    """Training, scoring, herding, the deployer's ONNX and int8 checks all read batches: the
+    all-at-once float copy (TensorData.x, 4 bytes a value) is never built."""
+    from compactcl.pipeline.recipe import load_recipe
+    from compactcl.pipeline.run import run_recipe
+
+    def whole_copy(self):
+        raise AssertionError("a float32 copy of a whole data set was built")
+
+    monkeypatch.setattr(TensorData, "x", property(whole_copy))
+    recipe = load_recipe(None, ["data.tasks=2", "data.all_classes=false", "learner.name=icarl", "learner.epochs=1",
+                                "export.onnx=true", "export.int8=true", "compress.steps[0].distill.epochs=1"])
+    doc = run_recipe(recipe, tmp_path / "r", progress=False, log=lambda s: None)
+    assert [t["deploy"]["onnx"]["agreement"] for t in doc["tasks"]] == [1.0, 1.0]
+    assert all("int8" in t["deploy"]["onnx"] for t in doc["tasks"])
