@@ -19,7 +19,7 @@ exactly the baseline process's peak RSS: the interpreter and every module the ru
 
 That difference still holds what a run costs whatever its data: one training step's activations
 (batch 128), evaluation batches, torch's kernel caches, the allocator's free blocks. A third child,
-**small**, is the same run over a tenth of the images (``--small``); ``(run peak - small peak) /
+**small**, is the same run over a tenth of the images; ``(run peak - small peak) /
 (image bytes - small image bytes)`` is what each byte of data costs: the slope, printed too.
 
     python benchmarks/data_memory.py                    # prints the figures

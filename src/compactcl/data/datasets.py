@@ -183,7 +183,7 @@ class TensorData:
 
 def image_batches(x: "torch.Tensor | TensorData", batch_size: int = EVAL_BATCH,
                   device: torch.device | str | None = None):
-    """Float32 images of ``x`` (a float tensor, or a data set normalised batch by batch) in order,
+    """Float images of ``x`` (a float tensor as it is, or a data set normalised batch by batch) in order,
     ``batch_size`` at a time, on ``device`` (default: where they are): a whole set scored without
     a float copy of it."""
     for i in range(0, len(x), batch_size):

@@ -45,7 +45,7 @@ def onnx_predict(path: str | os.PathLike, x: torch.Tensor | TensorData, batch_si
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: xb.cpu().numpy().astype(np.float32, copy=False)})[0]
-                           for xb in image_batches(x, batch_size)])
+                           for xb in image_batches(x, batch_size, "cpu")])
 
 
 def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -57,7 +57,8 @@ def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> flo
 def torch_logits(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Logits (N, K) of ``model`` (in eval mode, on its device) on images ``x``, batch by batch."""
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else "cpu"
     with torch.no_grad():
         return torch.cat([model(xb).float().cpu() for xb in image_batches(x, batch_size, device)]).numpy()
 

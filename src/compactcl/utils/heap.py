@@ -32,6 +32,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None).malloc_trim  # the process's own C library; musl has none
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library; musl has none
     except (OSError, AttributeError):
         return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int  # int malloc_trim(size_t pad)
+    return trim
