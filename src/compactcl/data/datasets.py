@@ -30,7 +30,8 @@ from ..errors import CompactCLError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["TensorData", "EVAL_BATCH", "image_batches", "PixelScale", "DatasetSplits", "load_dataset", "list_datasets", "register_dataset", "read_idx",
+__all__ = ["TensorData", "EVAL_BATCH", "image_batches", "PixelScale", "pixel_levels", "DatasetSplits", "load_dataset",
+           "list_datasets", "register_dataset", "read_idx",
            "from_arrays", "DATASETS", "FASHION_MNIST_ROOT", "LazyImages", "lazy_folder", "augment_batch",
            "per_channel", "standardize_array"]
 
@@ -56,9 +57,7 @@ class PixelScale:
     @staticmethod
     def of(normalization: dict[str, Any] | None, channels: int | None = None) -> "PixelScale | None":
         """The scale a dataset's ``normalization`` record describes, or None (unknown pixel scale)."""
-        if not normalization or not {"mean", "std"} <= set(normalization):
-            return None
-        levels = PIXEL_LEVELS.get(normalization.get("scale", ""))
+        levels = pixel_levels(normalization)
         if levels is None:
             return None
         mean, std = normalization["mean"], normalization["std"]
@@ -80,6 +79,14 @@ def _scale_operands(scale: PixelScale, device: torch.device) -> tuple[torch.Tens
 
 
 PIXEL_LEVELS = {"pixel/255": 255, "pixel/16": 16}  # DatasetSplits.normalization["scale"] -> integer levels
+
+
+def pixel_levels(normalization: dict[str, Any] | None) -> int | None:
+    """The integer pixel range (255, or 16 for sklearn's digits) behind ``normalization``, or None
+    when the images cannot be stored as uint8 (unknown scale, no mean/std)."""
+    if not normalization or not {"mean", "std"} <= set(normalization):
+        return None
+    return PIXEL_LEVELS.get(normalization.get("scale", ""))
 
 
 # Images a model sees at once when nothing trains (evaluation, features, teacher outputs). Its
@@ -137,11 +144,6 @@ class TensorData:
                 stored = stored.pin_memory()
             stored = stored.to(device, non_blocking=non_blocking)
         return self.scale.normalize(stored) if self.scale is not None else stored
-
-    def batches(self, batch_size: int = EVAL_BATCH, device: torch.device | str | None = None):
-        """(float images, labels) batch by batch, in order: evaluation without a float copy of the set."""
-        for i in range(0, len(self), batch_size):
-            yield self.batch(slice(i, i + batch_size), device), self.y[i: i + batch_size]
 
     @property
     def x(self) -> torch.Tensor:

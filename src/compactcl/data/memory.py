@@ -27,16 +27,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .datasets import EVAL_BATCH, PIXEL_LEVELS, PixelScale, TensorData, image_batches, per_channel
+from .datasets import EVAL_BATCH, PixelScale, TensorData, image_batches, per_channel, pixel_levels
 
 __all__ = ["ExemplarMemory", "herding", "extract_features", "encode_uint8", "decode_uint8", "pixel_levels"]
-
-def pixel_levels(normalization: dict[str, Any] | None) -> int | None:
-    """The integer pixel range (255, or 16 for sklearn's digits) behind ``normalization``, or None
-    when the images cannot be stored as uint8 (unknown scale, no mean/std)."""
-    if not normalization or not {"mean", "std"} <= set(normalization):
-        return None
-    return PIXEL_LEVELS.get(normalization.get("scale", ""))
 
 
 def encode_uint8(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:

@@ -46,12 +46,17 @@ def preprocess_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
 
 
+def _calibration_rows(n: int, max_samples: int, seed: int) -> np.ndarray:
+    """Which of ``n`` images calibrate: all, or ``max_samples`` of them drawn with ``seed``, in order."""
+    if n <= max_samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
+
+
 def calibration_batch(data: Any, max_samples: int = 512, seed: int = 0) -> torch.Tensor:
     """The images :func:`quantize_onnx_int8` would draw from ``data`` (a ``TensorData``; same seed, same
     order), normalised from its store: no float copy of the whole set."""
-    n = len(data)
-    idx = np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False)) if n > max_samples else np.arange(n)
-    return data.batch(torch.as_tensor(idx, dtype=torch.long))
+    return data.batch(torch.as_tensor(_calibration_rows(len(data), max_samples, seed), dtype=torch.long))
 
 
 def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib_x: torch.Tensor | np.ndarray,
@@ -67,11 +72,9 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike
 
     if calib_x is None or len(calib_x) == 0:
         raise CompactCLError("int8 export needs calibration images (calib_x): pass training images, "
-                             "e.g. checkpoint_data(path)['train'].x")
+                             "e.g. calibration_batch(checkpoint_data(path)['train'])")
     x = calib_x.cpu().numpy() if isinstance(calib_x, torch.Tensor) else np.asarray(calib_x)
-    x = x.astype(np.float32)
-    if len(x) > max_samples:
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_samples, replace=False))]
+    x = x.astype(np.float32)[_calibration_rows(len(x), max_samples, seed)]
     input_name = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(fp32_path)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...data.datasets import EVAL_BATCH, TensorData
+from ...data.datasets import EVAL_BATCH, TensorData, image_batches
 from ...errors import CompactCLError
 from ...engine.loop import TrainConfig, train
 from ...engine.losses import hint_loss, kd_ce_loss, make_adapter
@@ -155,8 +155,8 @@ class _StudentWithAdapters(nn.Module):
 def _teacher_outputs(tap: _OutputsWithHints, data: TensorData, device: torch.device | str,
                      batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, list[torch.Tensor]]:
     logits, hints = [], []
-    for i in range(0, len(data), batch_size):
-        lg, hs = tap(data.batch(slice(i, i + batch_size), device))
+    for xb in image_batches(data, batch_size, device):
+        lg, hs = tap(xb)
         logits.append(lg.float())
         hints.append([h.float() for h in hs])
     return torch.cat(logits), [torch.cat(col) for col in zip(*hints)] if hints and hints[0] else []
