@@ -234,3 +234,22 @@ def test_a_killed_attempts_deployed_files_are_never_published(tmp_path):
     assert main(["run", "--resume", str(run), "--set", "export.int8=false", "--no-progress"]) == 0
     assert not (run / "tasks" / "01" / "deployed.int8.onnx").exists()
     assert not (run / "final" / "deployed.int8.onnx").exists() and (run / "final" / "deployed.onnx").exists()
+
+
+def test_a_killed_attempts_rung_files_are_cleared_before_the_task_is_redone(tmp_path):
+    # compress.measure writes a rung's .ccl/.onnx per step in the task folder: declared deployer files
+    # (Deployer.extra_files), so one a killed attempt left and this attempt does not write is not kept
+    run = tmp_path / "run"
+    args = [*COMPRESSED, "--set", "data.tasks=2", "--set", "compress.measure=true", "--set", "export.int8=false"]
+    assert main(["run", "--out", str(run), *args]) == 0
+    task = run / "tasks" / "01"
+    written = sorted(p.name for p in task.glob("rung*"))
+    assert written == ["rung01-working.ccl", "rung01-working.onnx", "rung02-distill.ccl", "rung02-distill.onnx",
+                       "rung03-prune.ccl", "rung03-prune.onnx", "rung04-quantize.ccl", "rung04-quantize.int8.onnx",
+                       "rung04-quantize.onnx"], written
+    _truncate_to(run, 1)
+    (task / "rung05-prune.ccl").write_bytes(b"a killed attempt's")  # a rung this attempt will not write
+    (task / "notes.txt").write_text("not a deployer's file")
+    assert main(["run", "--resume", str(run), "--no-progress"]) == 0
+    assert sorted(p.name for p in task.glob("rung*")) == written
+    assert (task / "notes.txt").read_text() == "not a deployer's file"

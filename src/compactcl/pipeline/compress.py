@@ -39,6 +39,7 @@ from ..engine.losses import teacher_kd_loss
 from ..models.protocol import IncrementalModel
 from .config import Budget, CompressConfig, DistillStep, PruneStep, QuantizeStep
 from .deploy import DeployContext, Deployed, Deployer
+from .measure import RUNG_FILES
 
 if TYPE_CHECKING:
     from .measure import Measurer
@@ -113,6 +114,7 @@ class CompressDeployer(Deployer):
 
     files = ("deployed.ccl", "deployed.onnx", "deployed.int8.onnx")
     state_files = ("student.safetensors",)
+    extra_files = RUNG_FILES  # compress.measure's ladder
     note = "deployed = working compressed by the recipe's compress steps into a packed .ccl artifact"
 
     def __init__(self, config: CompressConfig, export_onnx: bool = False, int8: bool = False, strict: bool = False):

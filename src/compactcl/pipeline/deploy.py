@@ -2,8 +2,9 @@
 
 The run loop hands a :class:`Deployer` the working model and a typed :class:`DeployContext`;
 it gets back a :class:`Deployed` (model, the file the budget counts, a report for
-metrics.json). A deployer declares every file name it writes into a task folder (``files`` and
-``state_files``), so the run loop mirrors exactly ``files`` into ``final/`` and touches no other; what it
+metrics.json). A deployer declares every file it writes into a task folder (``files``, ``state_files``
+and the patterns ``extra_files``), so the run loop mirrors exactly ``files`` into ``final/``, clears a
+killed attempt's before a task is redone, and touches no other; what it
 carries from task to task (a student that keeps growing) it restores from a finished task's
 folder in :meth:`Deployer.resume`, so a resumed run continues exactly where it stopped.
 
@@ -69,14 +70,22 @@ class Deployed:
 class Deployer:
     """Base class. ``files``: the names :meth:`deploy` may write in ``ctx.task_dir`` for a device
     (mirrored into ``final/``); ``state_files``: what it writes there to carry on after a resume;
+    ``extra_files``: glob patterns of any other file it writes there (measurements; never mirrored);
     ``note``: one line for metrics.json saying what "deployed" means."""
 
     files: ClassVar[tuple[str, ...]] = ()
     state_files: ClassVar[tuple[str, ...]] = ()
+    extra_files: ClassVar[tuple[str, ...]] = ()
     note: ClassVar[str] = ""
 
     def deploy(self, working: nn.Module, ctx: DeployContext) -> Deployed:
         raise NotImplementedError
+
+    def written_in(self, task_dir: Path) -> list[Path]:
+        """The files of ``task_dir`` this deployer declares as its own (whether or not this attempt wrote them)."""
+        named = [task_dir / name for name in (*self.files, *self.state_files)]
+        matched = [p for pattern in self.extra_files for p in sorted(task_dir.glob(pattern))]
+        return [p for p in named if p.exists()] + matched
 
     def resume(self, task_dir: Path) -> None:
         """Restore what this deployer carries between tasks from the folder of the last finished

@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 
     from ..data.datasets import TensorData
 
-__all__ = ["Measurer"]
+__all__ = ["RUNG_FILES", "Measurer"]
+
+
+RUNG_FILES = ("rung[0-9]*-*.ccl", "rung[0-9]*-*.onnx")  # what :meth:`Measurer.row` writes (.int8.onnx too)
 
 
 class Measurer:

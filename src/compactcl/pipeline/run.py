@@ -360,8 +360,8 @@ def _run(recipe: Recipe, out: Path, resume: bool, progress: bool, deployer: Depl
             t1 = time.perf_counter()
             # The deployer's random draws (student init, calibration picks) stay out of the
             # learner's stream: adding a compress section must not change the working model.
-            for name in (*deployer.files, *deployer.state_files):  # a killed attempt's: never published as ours
-                (task_dir / name).unlink(missing_ok=True)
+            for path in deployer.written_in(task_dir):  # a killed attempt's: never published as ours
+                path.unlink(missing_ok=True)
             with torch.random.fork_rng(devices=_live_cuda_devices()):
                 result = deployer.deploy(state.model, ctx)
             deployed, deployed_path, extra = result.model, result.path, result.report
