@@ -7,7 +7,6 @@ named CompactCLError and a time bound; scripts/measure_crafted_rss.py measures p
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 

@@ -63,6 +63,7 @@ def test_compare_budgets_runs_each_learner_that_fits_and_keeps_within_the_budget
         assert p["measured_total_bytes"] <= key[1]
         assert p["last_accuracy"]["mean"] == run["summary"]["working"]["final_accuracy"]
         assert p["last_accuracy"]["std"] == 0.0  # one seed
+        assert p["last_accuracy"]["per_seed"] == [run["summary"]["working"]["final_accuracy"]]
     # more bytes, more exemplars for the same model
     assert pts["icarl", 20000]["exemplars"] > pts["icarl", 7000]["exemplars"]
     assert doc["auc"]["der"]["budgets"] == [20000] and not doc["auc"]["der"]["all_budgets"]

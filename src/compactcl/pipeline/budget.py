@@ -131,8 +131,9 @@ def choose_split(tried: list[dict[str, Any]]) -> int | None:
     return max(fitting, key=lambda i: (tried[i]["val_score"], -i)) if fitting else None
 
 
-def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "std": statistics.pstdev(values)}
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    """Over the seeds: the mean, the population std, and each seed's value (in ``seeds`` order)."""
+    return {"mean": statistics.mean(values), "std": statistics.pstdev(values), "per_seed": values}
 
 
 def _accuracies(docs: list[dict[str, Any]], which: str) -> dict[str, Any]:
