@@ -38,7 +38,7 @@ from ..data.datasets import EVAL_BATCH, TensorData, image_batches
 from ..errors import CompactCLError
 from ..utils import distributed as dist
 
-__all__ = ["TrainConfig", "TrainHooks", "train", "predict", "accuracy", "LossFn"]
+__all__ = ["TrainConfig", "TrainHooks", "train", "model_logits", "predict", "accuracy", "LossFn"]
 
 # loss(model, x, y) -> scalar; closes over whatever the learner needs (old model, memory)
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -298,6 +298,19 @@ def _progress(total: int, desc: str, enabled: bool):
     from ..utils.console import on_terminal
 
     return tqdm(total=total, desc=desc, unit="epoch", leave=False, disable=not on_terminal())
+
+
+@torch.no_grad()
+def model_logits(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Float logits (N, K) on the CPU of float images or a data set, batch by batch, in eval mode
+    on the model's device (the CPU for a model without parameters); the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else "cpu"
+    out = torch.cat([model(xb).float().cpu() for xb in image_batches(x, batch_size, device)])
+    model.train(was_training)
+    return out
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import EVAL_BATCH, TensorData, image_batches
+from ..engine.loop import model_logits
 from ..errors import CompactCLError
 from ..utils.atomic import atomic_path
 
@@ -55,12 +56,9 @@ def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> flo
 
 
 def torch_logits(model: nn.Module, x: torch.Tensor | TensorData, batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Logits (N, K) of ``model`` (in eval mode, on its device) on images ``x``, batch by batch."""
+    """Logits (N, K) of ``model`` (left in eval mode, on its device) on images ``x``, batch by batch."""
     model.eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else "cpu"
-    with torch.no_grad():
-        return torch.cat([model(xb).float().cpu() for xb in image_batches(x, batch_size, device)]).numpy()
+    return model_logits(model, x, batch_size).numpy()
 
 
 def _latencies(path: str | os.PathLike, input_shape: tuple[int, ...], repeats: int) -> dict[str, float]:

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data.datasets import TensorData, image_batches
+from ..data.datasets import TensorData
 from ..data.stream import Task
-from ..engine.loop import LossFn
+from ..engine.loop import LossFn, model_logits
 from ..engine.losses import old_class_kd
 from .base import Learner, LearnerOptions, LearnerState, register_learner
 
@@ -110,16 +110,6 @@ def fold_bias_correction_(head: nn.Linear, n_old: int, alpha: float, beta: float
         head.bias[n_old:] = alpha * head.bias[n_old:] + beta
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, x: TensorData) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = torch.cat([model(xb).float().cpu() for xb in image_batches(x, device=device)])
-    model.train(was_training)
-    return out
-
-
 @register_learner
 class BiC(Learner):
     """Stage 1: new data + exemplars (less a held-out set), CE + KD. Stage 2: fit and fold ``alpha, beta``."""
@@ -146,7 +136,7 @@ class BiC(Learner):
             self.train_on(state, task, TensorData.cat([new_train, old_train]), loss)
             val = TensorData.cat([new_val, old_val])
             fit_beta = state.model.head.bias is not None
-            alpha, beta = fit_bias_correction(_logits(state.model, val), val.y, n_old, o.bias_iterations,
+            alpha, beta = fit_bias_correction(model_logits(state.model, val), val.y, n_old, o.bias_iterations,
                                                o.bias_ridge, fit_beta)
             fold_bias_correction_(state.model.head, n_old, alpha, beta)
         state.memory.update(state.model, task.train)
